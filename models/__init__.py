@@ -1,0 +1,1 @@
+"""Pure ``torch.nn`` code: skeleton layouts, shared GCN/TCN units, one file per encoder, CSRE."""
