@@ -12,6 +12,10 @@ NW-UCLA (x stored float64, (3, T_max, 20, 1)), in float64 until the final cast:
     [-1, 1] -> pick ``window`` frames (train: random with duplicates; test: linspace) -> bone or
     spine-relative joint -> motion.
 
+``with_joints=True`` appends the skeleton as it is before the modality step (after crop/resize and
+rotation, resp. after normalisation and frame selection) as 3 more channels: the BlockGCN feeder's
+``joint``, which feeds BlockGCN's topology branch (see :mod:`models.blockgcn`).
+
 Randomness. The official feeders draw from the global ``random``/``np.random``/``torch`` RNGs,
 re-seeded per worker with the worker id, so the augmentation of a sample depends on which worker
 loads it. Here every sample draws from its own ``np.random.default_rng([seed, epoch, index])``: two
@@ -234,6 +238,9 @@ class SkeletonFeeder(Dataset):
     ``subset``: the first ``k`` samples of the part (an int) or positions within it (an array), for
     CI runs on tiny subsets. ``set_epoch`` changes the augmentation draw; it is stored in shared
     memory so that it also reaches persistent DataLoader workers.
+
+    ``with_joints``: ``x`` becomes (2·3, window, V, M), the modality stream followed by the skeleton
+    before the modality transform (same augmentation draw), for BlockGCN (official feeder's ``joint``).
     """
 
     def __init__(self, path: str | os.PathLike, split: str = "xsub", part: str = "train", *,
@@ -242,7 +249,7 @@ class SkeletonFeeder(Dataset):
                  min_crop: int = NTU_MIN_CROP, view_angle: int = UCLA_VIEW_ANGLE,
                  view_scale: tuple[float, float] = UCLA_VIEW_SCALE, spine_relative: bool = False,
                  repeat: int = 1, seed: int = 0, subset: int | Sequence[int] | np.ndarray | None = None,
-                 dtype=np.float32):
+                 dtype=np.float32, with_joints: bool = False):
         if modality not in MODALITIES:
             raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
         if part not in ("train", "test"):
@@ -259,6 +266,7 @@ class SkeletonFeeder(Dataset):
         self.train = (part == "train") if train is None else bool(train)
         self.window = DEFAULT_WINDOW[self.layout.name] if window is None else int(window)
         self.spine_relative = bool(spine_relative)
+        self.with_joints = bool(with_joints)
         self.repeat, self.seed, self.dtype = int(repeat), int(seed), np.dtype(dtype)
         self.min_crop, self.view_angle, self.view_scale = int(min_crop), int(view_angle), tuple(view_scale)
         self._set_ntu_params(p_interval, random_rot)
@@ -354,14 +362,20 @@ class SkeletonFeeder(Dataset):
         return x.astype(self.dtype, copy=False), int(self.labels[index]), index
 
     def transform(self, x: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
-        """The full per-sample transform of ``x`` (C, L, V, M) holding only the valid frames."""
+        """The full per-sample transform of ``x`` (C, L, V, M) holding only the valid frames.
+
+        Returns (C, window, V, M), or (2·C, window, V, M) with ``with_joints``.
+        """
         if self.layout.name == "ntu":
             x = valid_crop_resize(x, self.p_interval, self.window, rng, self.min_crop)
             if self.random_rot:
                 x = random_rot(x, self.random_rot, rng)
         else:
             x = self._ucla(x, rng)
-        return to_modality(x, self.modality, self.layout, self.spine_relative)
+        out = to_modality(x, self.modality, self.layout, self.spine_relative)
+        if self.with_joints:  # the pre-modality skeleton as 3 extra channels (BlockGCN's `joint`)
+            out = np.concatenate((out, x), axis=0)
+        return out
 
     def _ucla(self, x: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
@@ -376,4 +390,4 @@ class SkeletonFeeder(Dataset):
     def __repr__(self) -> str:
         return (f"SkeletonFeeder({str(self.path)!r}, split={self.split!r}, part={self.part!r}, "
                 f"modality={self.modality!r}, train={self.train}, window={self.window}, n={self.num_samples}, "
-                f"repeat={self.repeat}, spine_relative={self.spine_relative})")
+                f"repeat={self.repeat}, spine_relative={self.spine_relative}, with_joints={self.with_joints})")

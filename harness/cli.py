@@ -83,6 +83,23 @@ VERBS["summary"] = ("print a dataset summary: samples, splits, classes, sequence
                     _configure_summary, _run_summary)
 
 
+# --------------------------------------------------------------------------- models
+
+def _configure_models(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--encoders", nargs="+", metavar="NAME", default=None,
+                   help="encoders to list (default: all registered, e.g. ctrgcn agcn hcn hyperformer)")
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    from harness.models_table import table
+    print(table(args.encoders))
+    return 0
+
+
+VERBS["models"] = ("print each encoder's parameters and MACs (NTU60 and NW-UCLA shapes), built from its gin file",
+                   _configure_models, _run_models)
+
+
 # --------------------------------------------------------------------------- entry point
 
 def build_parser() -> argparse.ArgumentParser:

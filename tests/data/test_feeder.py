@@ -451,3 +451,27 @@ def test_degenerate_samples_are_clear_errors(tmp_path):
         SkeletonFeeder(path, "one", "test")[0]
     with pytest.raises(h5.H5FormatError, match="a01_s02_e00_v03.*no valid frames"):
         SkeletonFeeder(path, "all", "test")
+
+
+def test_with_joints_appends_the_pre_modality_skeleton(ntu_h5, ucla_h5):
+    """BlockGCN's `joint`: the skeleton after crop/resize/rotation (NTU) or normalisation/frame
+    selection (NW-UCLA), before bone / spine-relative / motion, stacked after the modality stream."""
+    for path, split, layout, shape in ((ntu_h5, "all", NTU, (3, 64, 25, 2)), (ucla_h5, "xview", UCLA, (3, 52, 20, 1))):
+        for modality in fd.MODALITIES:
+            kw = dict(split=split, part="train", modality=modality, seed=5, subset=4)
+            plain = SkeletonFeeder(path, spine_relative=True, **kw)
+            stacked = SkeletonFeeder(path, spine_relative=True, with_joints=True, **kw)
+            raw = SkeletonFeeder(path, modality="joint", **{k: v for k, v in kw.items() if k != "modality"})
+            assert stacked.with_joints and not plain.with_joints
+            for i in range(1, 4):  # same augmentation draw for both parts
+                x, label, idx = stacked[i]
+                assert x.shape == (6, *shape[1:]) and x.dtype == np.float32
+                assert (label, idx) == plain[i][1:]
+                np.testing.assert_array_equal(x[:3], plain[i][0])
+                np.testing.assert_array_equal(x[3:], raw[i][0])  # plain joint stream = pre-modality skeleton
+                if modality != "joint":
+                    assert not np.array_equal(x[:3], x[3:])
+                if layout is NTU:  # float32 throughout: the modality of the extra channels is the stream
+                    np.testing.assert_array_equal(fd.to_modality(x[3:], modality, layout, True), x[:3])
+    batch = next(iter(DataLoader(SkeletonFeeder(ntu_h5, "all", "train", with_joints=True), batch_size=4)))
+    assert batch[0].shape == (4, 6, 64, 25, 2)

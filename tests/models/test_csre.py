@@ -1,0 +1,875 @@
+"""CSRE head (models/csre.py): STFD, memory banks, the vectorised InfoNCE and the CSRE wrapper.
+
+* Against the official implementation: every ``stfd_*.pt`` and ``loss_*.pt`` under
+  ``$CSRE_REFERENCE_DIR/csre`` (format and tolerances in that directory's README), discovered
+  generically so held-out cases with the same layout run too. The random negatives are injected
+  from the recorded draws.
+* Against :func:`reference_infonce` below: a slow, readable per-anchor loop (the official
+  algorithm, generalised to the R / H / R+H strategies and the clamp policy), on random cases.
+* The wrapper: gradients, eval == encoder, export, checkpoint round trip, every registered
+  encoder, gin files, DDP on two gloo processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models import registry
+from models.csre import (CSRE, STFD, VARIANTS, MemoryBank, csre_infonce, fixed_draws, random_rows)
+from models.encoder import Encoder, mean_pool
+from tests.conftest import REPO, fixture_params, reference_dir, require_fixture
+
+
+def csre_dir() -> Path:
+    return reference_dir() / "csre"
+
+
+def _discover(pattern: str) -> list[Path]:
+    root = csre_dir()
+    return sorted(root.rglob(pattern)) if root.is_dir() else []
+
+
+STFD_FAMILY, LOSS_FAMILY = "csre stfd (stfd_*.pt)", "csre loss (loss_*.pt)"
+STFD_FIXTURES = fixture_params(_discover("stfd_*.pt"), STFD_FAMILY)
+LOSS_FIXTURES = fixture_params(_discover("loss_*.pt"), LOSS_FAMILY)
+
+_cache: dict[Path, dict] = {}
+
+
+def load(path: Path) -> dict:
+    if path not in _cache:
+        _cache[path] = torch.load(path, weights_only=False)
+    return _cache[path]
+
+
+def max_abs(a: Tensor, b: Tensor) -> float:
+    assert a.shape == b.shape, f"shape {tuple(a.shape)} != {tuple(b.shape)}"
+    return (a.detach() - b).abs().max().item() if a.numel() else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers: a tiny encoder, random banks
+
+
+class TinyEncoder(Encoder):
+    """A 1x1 conv + temporal stride-2 conv encoder without BatchNorm (exact under DDP splits)."""
+
+    def __init__(self, in_channels: int = 3, num_class: int = 5, num_person: int = 2, width: int = 16) -> None:
+        super().__init__()
+        self.num_class, self.num_person, self.out_channels = num_class, num_person, width
+        self.conv = nn.Conv2d(in_channels, width, (3, 1), stride=(2, 1), padding=(1, 0))
+        self.fc = nn.Linear(width, num_class)
+
+    def features(self, x: Tensor) -> Tensor:
+        N, C, T, V, M = x.shape
+        x = x.permute(0, 4, 1, 2, 3).reshape(N * M, C, T, V)
+        return F.relu(self.conv(x))  # (N·M, width, T/2, V)
+
+    def head(self, features: Tensor, num_person: int) -> Tensor:
+        return self.fc(mean_pool(features, num_person))
+
+
+def toy_labels(num_samples: int, num_class: int) -> Tensor:
+    return torch.arange(num_samples) % num_class
+
+
+def tiny_csre(num_samples: int = 60, num_class: int = 4, *, seed: int = 0, **kw) -> CSRE:
+    kw = {"dim": 8, "r": 2, "K_pos": 3, "K_hard": 6, "K_rand": 5, "tau": 0.5, **kw}
+    torch.manual_seed(seed)
+    enc = TinyEncoder(num_class=num_class)
+    return CSRE(enc, num_samples, toy_labels(num_samples, num_class), input_shape=(3, 8, 5, 2), seed=seed, **kw)
+
+
+def prefill(model: CSRE, fraction: float = 0.8, seed: int = 1) -> None:
+    """Fill a random part of every bank with random unit vectors (deterministic)."""
+    g = torch.Generator().manual_seed(seed)
+    for bank in model.banks.values():
+        S, d = bank.features.shape
+        feats = F.normalize(torch.randn(S, d, generator=g), dim=1)
+        filled = torch.rand(S, generator=g) < fraction
+        bank.features.copy_(torch.where(filled[:, None], feats, 0.0))
+        bank.filled.copy_(filled)
+
+
+def toy_batch(n: int = 6, num_samples: int = 60, num_class: int = 4, seed: int = 2, T: int = 8, V: int = 5, M: int = 2):
+    g = torch.Generator().manual_seed(seed)
+    index = torch.randperm(num_samples, generator=g)[:n]
+    return torch.randn(n, 3, T, V, M, generator=g), toy_labels(num_samples, num_class)[index], index
+
+
+# ---------------------------------------------------------------------------------------------
+# The slow reference: one anchor at a time, as the official ContrastLoss
+
+
+def reference_infonce(z: Tensor, bank: Tensor, bank_labels: Tensor, filled: Tensor, labels: Tensor, *,
+                      K_pos: int, K_hard: int, K_rand: int, tau: float, pos_strategy: str, neg_strategy: str,
+                      rand_pos: Tensor | None = None, rand_neg: Tensor | None = None,
+                      available: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, list[bool]]:
+    """Per-anchor loop: gate, sorted hardest sets, recorded random sets, explicit 1 + k logit rows.
+
+    ``bank`` must already hold the batch. Random sets: the first k entries of the anchor's row of
+    ``rand_pos`` / ``rand_neg`` (each must lie in the anchor's positives / negatives).
+    """
+    rows, valid = [], []
+    bank = bank.detach()
+    for i in range(z.shape[0]):
+        sim = bank @ z[i]  # (S,)
+        pos = torch.nonzero(filled.bool() & (bank_labels == labels[i])).flatten()
+        neg = torch.nonzero(filled.bool() & (bank_labels != labels[i])).flatten()
+        k_pos, k_hard, k_rand = K_pos, K_hard, K_rand
+        if available is not None:
+            k_pos = max(1, min(K_pos, int(available[0][i])))
+            k_hard = max(1, min(K_hard, int(available[1][i])))
+            k_rand = max(1, min(K_rand, int(available[1][i])))
+        need_neg = max(k_hard if "H" in neg_strategy else 0, k_rand if "R" in neg_strategy else 0)
+        if len(pos) < k_pos or len(neg) < need_neg:
+            valid.append(False)
+            continue
+        valid.append(True)
+        pos_sets, neg_sets = [], []
+        if "H" in pos_strategy:
+            pos_sets.append(pos[torch.sort(sim[pos]).indices[:k_pos]])  # lowest similarity
+        if "R" in pos_strategy:
+            chosen = rand_pos[i, :k_pos]
+            assert set(chosen.tolist()) <= set(pos.tolist()) and len(set(chosen.tolist())) == k_pos
+            pos_sets.append(chosen)
+        if "H" in neg_strategy:
+            neg_sets.append(neg[torch.sort(sim[neg], descending=True).indices[:k_hard]])  # highest
+        if "R" in neg_strategy:
+            chosen = rand_neg[i, :k_rand]
+            assert set(chosen.tolist()) <= set(neg.tolist()) and len(set(chosen.tolist())) == k_rand
+            neg_sets.append(chosen)
+        for P in pos_sets:
+            for Q in neg_sets:
+                for j in P:
+                    logits = torch.cat([sim[j:j + 1], sim[Q]]) / tau  # (1 + k,)
+                    rows.append(F.cross_entropy(logits[None], torch.zeros(1, dtype=torch.long)))
+    loss = torch.stack(rows).mean() if rows else z.sum() * 0
+    return loss, valid
+
+
+def random_case(seed: int, n: int = 8, S: int = 90, d: int = 16, num_class: int = 4, fill: float = 0.7):
+    """A partly filled bank after the batch write, anchors with grad, and duplicated-class anchors."""
+    g = torch.Generator().manual_seed(seed)
+    bank_labels = torch.randint(0, num_class, (S,), generator=g)
+    bank = F.normalize(torch.randn(S, d, generator=g), dim=1)
+    filled = torch.rand(S, generator=g) < fill
+    index = torch.randperm(S, generator=g)[:n]
+    labels = bank_labels[index]
+    f = torch.randn(n, d, generator=g).requires_grad_()
+    z = F.normalize(f, dim=1)
+    bank = bank.clone()
+    bank[index] = z.detach()  # write before compare
+    filled = filled.clone()
+    filled[index] = True
+    return f, z, bank, bank_labels, filled, labels
+
+
+def candidates_of(bank_labels: Tensor, labels: Tensor, extra_pad: int = 3, seed: int = 0) -> Tensor:
+    """(n, W) slots holding each anchor's label, in a shuffled order, padded with -1."""
+    g = torch.Generator().manual_seed(seed)
+    rows = [torch.nonzero(bank_labels == y).flatten() for y in labels]
+    width = max(len(r) for r in rows) + extra_pad
+    out = torch.full((len(rows), width), -1, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r[torch.randperm(len(r), generator=g)]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Against the official implementation: STFD
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("path", STFD_FIXTURES)
+def test_stfd_matches_official(path: Path | None) -> None:
+    fx = load(require_fixture(path, STFD_FAMILY))
+    meta = fx["meta"]
+    std = STFD(meta["C"], meta["V"], meta["T_prime"], dim=meta["out_dim"], r=meta["reduction"])
+    assert list(std.state_dict()) == list(fx["state_dict"])
+    std.load_state_dict(fx["state_dict"], strict=True)
+    x = fx["x"].clone().requires_grad_()
+    x_s, x_t = std(x, meta["M"])
+    assert max_abs(x_s, fx["x_s"]) <= 1e-5 and max_abs(x_t, fx["x_t"]) <= 1e-5
+    with torch.no_grad():
+        s_person, t_person = std(fx["x"], 1)  # every row its own sample: the per-person outputs
+    assert max_abs(s_person, fx["x_s_person"]) <= 1e-5 and max_abs(t_person, fx["x_t_person"]) <= 1e-5
+    ((x_s * fx["probe_s"]).sum() + (x_t * fx["probe_t"]).sum()).backward()
+    assert max_abs(x.grad, fx["grad_x"]) <= 1e-6
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("path", STFD_FIXTURES)
+def test_stfd_keys_carry_the_official_prefix_inside_csre(path: Path | None) -> None:
+    fx = load(require_fixture(path, STFD_FAMILY))
+    meta = fx["meta"]
+    enc = TinyEncoder(width=meta["C"], num_person=meta["M"])
+    model = CSRE(enc, 8, toy_labels(8, 2), feature_size=(meta["T_prime"], meta["V"]), K_pos=1, K_hard=1,
+                 K_rand=1, dim=meta["out_dim"], r=meta["reduction"])
+    std_keys = [k for k in model.state_dict() if k.startswith("std.")]
+    assert std_keys == [f"std.{k}" for k in fx["state_dict"]]
+    official = {**enc.state_dict(), **{f"std.{k}": v for k, v in fx["state_dict"].items()}}
+    model.load_official_state_dict(official)
+    assert torch.equal(model.std.convs.weight, fx["state_dict"]["convs.weight"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Against the official implementation: the loss, with the recorded random draws
+
+
+def _fixture_bank(fx: dict, b: str) -> MemoryBank:
+    bank = MemoryBank(fx[f"bank_before_{b}"].shape[1], fx["label_all"])
+    bank.features.copy_(fx[f"bank_before_{b}"])
+    bank.filled.copy_(fx["flag_before"].bool())
+    return bank
+
+
+def _loss_kwargs(meta: dict) -> dict:
+    return dict(K_pos=meta["positive_num"], K_hard=meta["negative_num"], K_rand=meta["negative_num"],
+                tau=meta["temperature"])
+
+
+def _loss_tol(value: Tensor) -> float:
+    return 1e-5 * max(1.0, abs(float(value)))
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("positives", ["scan", "candidates"])
+@pytest.mark.parametrize("bank_name", ["s", "t"])
+@pytest.mark.parametrize("path", LOSS_FIXTURES)
+def test_loss_matches_official(path: Path | None, bank_name: str, positives: str) -> None:
+    fx = load(require_fixture(path, LOSS_FAMILY))
+    b, meta = bank_name, fx["meta"]
+    bank = _fixture_bank(fx, b)
+    f = fx[f"f_{b}"].clone().requires_grad_()
+    z = F.normalize(f, dim=1)
+    bank.update(z, fx["labels"], fx["indices"])
+    cand = candidates_of(fx["label_all"], fx["labels"]) if positives == "candidates" else None
+    res = csre_infonce(z, bank.features, bank.labels, bank.filled, fx["labels"], **_loss_kwargs(meta),
+                       pos_strategy="H", neg_strategy="R+H", candidates=cand,
+                       draw=fixed_draws(neg=fx[f"rand_rows_{b}"]))
+    res.loss.backward()
+
+    assert abs(res.loss.item() - fx[f"loss_{b}"].item()) <= _loss_tol(fx[f"loss_{b}"])
+    assert res.loss.dim() == 0
+    assert max_abs(f.grad, fx[f"grad_f_{b}"]) <= 1e-6
+    assert max_abs(bank.features, fx[f"bank_after_{b}"]) <= 1e-6
+    assert torch.equal(bank.filled.float(), fx["flag_after"])
+    assert torch.equal(res.valid, fx["valid"])
+    assert torch.equal(res.pos_count, fx["pos_count"]) and torch.equal(res.neg_count, fx["neg_count"])
+    ref = fx[f"per_anchor_loss_{b}"]
+    assert torch.equal(res.per_anchor.isnan(), ref.isnan())
+    assert max_abs(res.per_anchor.nan_to_num(), ref.nan_to_num()) <= _loss_tol(ref.nan_to_num().abs().max())
+    # skipped anchors get exactly no gradient
+    assert torch.all(f.grad[~fx["valid"]] == 0)
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("neg_strategy, key", [("H", "loss_hard_only"), ("R", "loss_random_only")])
+@pytest.mark.parametrize("bank_name", ["s", "t"])
+@pytest.mark.parametrize("path", LOSS_FIXTURES)
+def test_hard_only_and_random_only_match_official(path: Path | None, bank_name: str, neg_strategy: str,
+                                                  key: str) -> None:
+    fx = load(require_fixture(path, LOSS_FAMILY))
+    b = bank_name
+    bank = _fixture_bank(fx, b)
+    z = F.normalize(fx[f"f_{b}"], dim=1)
+    bank.update(z, fx["labels"], fx["indices"])
+    res = csre_infonce(z, bank.features, bank.labels, bank.filled, fx["labels"], **_loss_kwargs(fx["meta"]),
+                       neg_strategy=neg_strategy, draw=fixed_draws(neg=fx[f"rand_rows_{b}"]))
+    assert abs(res.loss.item() - fx[f"{key}_{b}"].item()) <= _loss_tol(fx[f"{key}_{b}"])
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("path", LOSS_FIXTURES)
+def test_wrapper_total_matches_official(path: Path | None) -> None:
+    """Through CSRE.contrast: two banks, spatial first, draws injected, 0.5 weights = ``loss_total``."""
+    fx = load(require_fixture(path, LOSS_FAMILY))
+    meta = fx["meta"]
+    mem = fx["label_all"].numel()
+    model = CSRE(TinyEncoder(), mem, fx["label_all"], feature_size=(4, 5), dim=fx["f_s"].shape[1],
+                 small_classes="skip", **_loss_kwargs(meta))
+    for b in "st":
+        model.banks[b].features.copy_(fx[f"bank_before_{b}"])
+        model.banks[b].filled.copy_(fx["flag_before"].bool())
+        model.inject_draws(b, neg=fx[f"rand_rows_{b}"])
+    feats = {b: fx[f"f_{b}"].clone().requires_grad_() for b in "st"}
+    terms, valid = model.contrast(feats, fx["labels"], fx["indices"])
+    total = sum(model.weights[b] * terms[b] for b in "st")
+    assert abs(total.item() - fx["loss_total"].item()) <= _loss_tol(fx["loss_total"])
+    total.backward()
+    for b in "st":
+        assert abs(terms[b].item() - fx[f"loss_{b}"].item()) <= _loss_tol(fx[f"loss_{b}"])
+        assert max_abs(feats[b].grad, 0.5 * fx[f"grad_f_{b}"]) <= 1e-6
+        assert max_abs(model.banks[b].features, fx[f"bank_after_{b}"]) <= 1e-6
+        assert torch.equal(model.banks[b].filled.float(), fx["flag_after"])
+        assert torch.equal(valid[b], fx["valid"])
+    assert not model._injected, "injected draws are for one step only"
+
+
+# ---------------------------------------------------------------------------------------------
+# Vectorised == per-anchor reference, on random cases
+
+
+CASES = [  # K_pos, K_hard, K_rand, tau, pos, neg
+    (4, 8, 8, 0.8, "H", "R+H"),
+    (6, 5, 9, 0.5, "H", "R+H"),
+    (3, 7, 4, 1.0, "H", "H"),
+    (3, 7, 4, 0.3, "H", "R"),
+    (5, 6, 6, 0.8, "R", "R"),
+    (5, 6, 6, 0.8, "R", "H"),
+    (2, 9, 3, 0.7, "R", "R+H"),
+    (4, 6, 5, 0.9, "R+H", "R+H"),
+    (8, 40, 40, 0.8, "H", "R+H"),  # many anchors gated out
+]
+
+
+@pytest.mark.parametrize("positives", ["scan", "candidates"])
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("K_pos, K_hard, K_rand, tau, pos, neg", CASES)
+def test_vectorised_equals_per_anchor_reference(seed: int, K_pos: int, K_hard: int, K_rand: int, tau: float,
+                                                pos: str, neg: str, positives: str) -> None:
+    f, z, bank, bank_labels, filled, labels = random_case(seed)
+    g = torch.Generator().manual_seed(seed)
+    same = bank_labels[None] == labels[:, None]
+    rand_pos = random_rows(same & filled, K_pos, g)
+    rand_neg = random_rows(~same & filled, K_rand, g)
+    kw = dict(K_pos=K_pos, K_hard=K_hard, K_rand=K_rand, tau=tau, pos_strategy=pos, neg_strategy=neg)
+    cand = candidates_of(bank_labels, labels, seed=seed) if positives == "candidates" else None
+    res = csre_infonce(z, bank, bank_labels, filled, labels, draw=fixed_draws(rand_pos, rand_neg),
+                       candidates=cand, **kw)
+    (grad,) = torch.autograd.grad(res.loss, f, retain_graph=True)
+    ref, ref_valid = reference_infonce(z, bank, bank_labels, filled, labels, rand_pos=rand_pos, rand_neg=rand_neg, **kw)
+    (ref_grad,) = torch.autograd.grad(ref, f)
+    assert res.valid.tolist() == ref_valid
+    assert abs(res.loss.item() - ref.item()) <= 1e-5 * max(1.0, abs(ref.item()))
+    assert max_abs(grad, ref_grad) <= 1e-6
+
+
+@pytest.mark.parametrize("positives", ["scan", "candidates"])
+@pytest.mark.parametrize("pos, neg", [("H", "R+H"), ("R+H", "H")])
+def test_clamp_policy_equals_reference(pos: str, neg: str, positives: str) -> None:
+    """Per-anchor set sizes min(K, available) (small classes) against the loop."""
+    f, z, bank, bank_labels, filled, labels = random_case(3, S=60, fill=0.9)
+    counts = torch.bincount(bank_labels, minlength=4)
+    available = (counts[labels] // 2, (60 - counts[labels]) // 2)  # pretend half the dataset is all there is
+    g = torch.Generator().manual_seed(0)
+    same = bank_labels[None] == labels[:, None]
+    rand_pos, rand_neg = random_rows(same & filled, 20, g), random_rows(~same & filled, 50, g)
+    kw = dict(K_pos=20, K_hard=50, K_rand=50, tau=0.6, pos_strategy=pos, neg_strategy=neg, available=available)
+    cand = candidates_of(bank_labels, labels, extra_pad=0) if positives == "candidates" else None
+    res = csre_infonce(z, bank, bank_labels, filled, labels, draw=fixed_draws(rand_pos, rand_neg),
+                       candidates=cand, **kw)
+    ref, ref_valid = reference_infonce(z, bank, bank_labels, filled, labels, rand_pos=rand_pos, rand_neg=rand_neg, **kw)
+    assert res.valid.tolist() == ref_valid and any(ref_valid)
+    assert abs(res.loss.item() - ref.item()) <= 1e-5 * max(1.0, ref.item())
+    (grad,) = torch.autograd.grad(res.loss, f, retain_graph=True)
+    (ref_grad,) = torch.autograd.grad(ref, f)
+    assert max_abs(grad, ref_grad) <= 1e-6
+
+
+def test_random_draws_are_uniform_without_replacement() -> None:
+    allowed = torch.zeros(2, 12, dtype=torch.bool)
+    allowed[0, [1, 3, 5, 7]] = True
+    allowed[1, :] = True
+    g = torch.Generator().manual_seed(0)
+    hits = torch.zeros(12)
+    for _ in range(400):
+        rows = random_rows(allowed, 3, g)
+        assert set(rows[0].tolist()) <= {1, 3, 5, 7}
+        assert all(len(set(r.tolist())) == 3 for r in rows)
+        hits.index_add_(0, rows[1], torch.ones(3))
+    assert (hits / 400 - 0.25).abs().max() < 0.08  # each of 12 columns in 3/12 of the draws
+
+
+def test_gate_edge_cases() -> None:
+    """Exactly K_pos positives including itself; in-batch anchors counting each other; the negative gate."""
+    d, tau = 4, 0.8
+    bank_labels = torch.tensor([0, 0, 1, 1, 1, 2, 2, 2, 2, 3])
+    filled = torch.tensor([1, 0, 1, 1, 0, 1, 1, 1, 1, 0], dtype=torch.bool)
+    bank = F.normalize(torch.randn(10, d, generator=torch.Generator().manual_seed(0)), dim=1) * filled[:, None]
+    labels, index = torch.tensor([0, 1, 3]), torch.tensor([1, 4, 9])
+    z = F.normalize(torch.randn(3, d), dim=1)
+    mb = MemoryBank(d, bank_labels)
+    mb.features.copy_(bank)
+    mb.filled.copy_(filled)
+    mb.update(z, labels, index)
+    kw = dict(K_pos=2, K_hard=7, K_rand=7, tau=tau, neg_strategy="H")
+    res = csre_infonce(z, mb.features, mb.labels, mb.filled, labels, **kw)
+    # anchor 0: slot 0 + itself = 2 positives, 8 negatives; anchor 1: 3 positives (itself
+    # included); anchor 2 (class 3): only itself -> skipped
+    assert res.pos_count.tolist() == [2, 3, 1] and res.neg_count.tolist() == [8, 7, 9]
+    assert res.valid.tolist() == [True, True, False]
+    res = csre_infonce(z, mb.features, mb.labels, mb.filled, labels, **{**kw, "K_hard": 8})
+    assert res.valid.tolist() == [True, False, False]  # anchor 1 has only 7 negatives
+
+
+def test_no_valid_anchor_gives_a_differentiable_zero() -> None:
+    f, z, bank, bank_labels, filled, labels = random_case(0, S=40)
+    res = csre_infonce(z, bank, bank_labels, filled, labels, K_pos=40, K_hard=5, K_rand=5, tau=0.8,
+                       generator=torch.Generator().manual_seed(0))
+    assert res.loss.dim() == 0 and res.loss.item() == 0.0 and res.row_count.item() == 0
+    assert not res.valid.any() and res.per_anchor.isnan().all()
+    res.loss.backward()
+    assert torch.all(f.grad == 0)
+
+
+def test_sizes_larger_than_the_bank_are_rejected() -> None:
+    f, z, bank, bank_labels, filled, labels = random_case(0, S=40)
+    with pytest.raises(ValueError, match="K_hard=41"):
+        csre_infonce(z, bank, bank_labels, filled, labels, K_pos=2, K_hard=41, K_rand=5)
+    with pytest.raises(ValueError, match="pos_strategy"):
+        csre_infonce(z, bank, bank_labels, filled, labels, pos_strategy="hard")
+
+
+@contextlib.contextmanager
+def forbid_host_sync_and_sort(monkeypatch: pytest.MonkeyPatch):
+    """Make every host-synchronising tensor call (and full sorts) raise."""
+    def boom(*args, **kwargs):
+        raise AssertionError("host synchronisation or full sort inside the loss")
+    for name in ("item", "tolist", "nonzero", "__bool__", "__int__", "__float__", "sort", "argsort", "unique"):
+        monkeypatch.setattr(torch.Tensor, name, boom)
+    for name in ("nonzero", "sort", "argsort", "unique", "masked_select"):
+        monkeypatch.setattr(torch, name, boom)
+    yield
+    monkeypatch.undo()
+
+
+def test_loss_and_training_step_need_no_host_sync(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny_csre(variant="csre+gc", pos_strategy="R+H").train()
+    prefill(model)
+    x, y, idx = toy_batch()
+    with forbid_host_sync_and_sort(monkeypatch):
+        out = model(x, y, idx)
+        (F.cross_entropy(out.logits, y) + out.contrastive).backward()
+    assert out.contrastive.item() > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory bank
+
+
+def test_bank_writes_before_compare_and_overwrites() -> None:
+    bank = MemoryBank(3, torch.tensor([0, 1, 0, 1]))
+    assert [k for k in bank.state_dict()] == ["features", "labels", "filled"]
+    z = F.normalize(torch.randn(2, 3), dim=1)
+    bank.update(z, torch.tensor([1, 0]), torch.tensor([3, 0]))
+    assert torch.equal(bank.features[[3, 0]], z) and bank.filled.tolist() == [True, False, False, True]
+    z2 = F.normalize(torch.randn(1, 3), dim=1)
+    bank.update(z2, torch.tensor([1]), torch.tensor([3]))  # overwrite, no momentum
+    assert torch.equal(bank.features[3], z2[0]) and int(bank.filled.sum()) == 2
+    assert bank.labels.tolist() == [0, 1, 0, 1]  # fixed dataset labels
+
+
+def test_fifo_bank_is_a_ring() -> None:
+    bank = MemoryBank(2, capacity=5)
+    assert "ptr" in bank.state_dict() and bank.labels.tolist() == [-1] * 5
+    for step in range(3):
+        z = torch.full((2, 2), float(step))
+        bank.update(z, torch.tensor([step, step]))
+    # writes at slots 0,1 | 2,3 | 4,0
+    assert bank.features[:, 0].tolist() == [2, 0, 1, 1, 2] and bank.labels.tolist() == [2, 0, 1, 1, 2]
+    assert bank.filled.all() and int(bank.ptr) == 1
+    with pytest.raises(ValueError, match="does not fit"):
+        bank.update(torch.zeros(6, 2), torch.zeros(6, dtype=torch.long))
+
+
+def test_fifo_csre_trains() -> None:
+    model = tiny_csre(capacity=20).train()
+    for step in range(3):
+        x, y, _ = toy_batch(seed=step, n=8)
+        out = model(x, y)
+        out.contrastive.backward()
+    assert model.banks["s"].filled.all() and int(model.banks["s"].ptr) == 4
+    assert out.contrastive.item() > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Small or repeated datasets
+
+
+def test_small_classes_raise_by_default_with_advice() -> None:
+    labels = torch.tensor([0] * 3 + [1] * 20 + [2] * 20)  # class 0 has 3 < K_pos = 5 samples
+    with pytest.raises(ValueError, match=r"classes \[0\] can never pass the gate.*repeat"):
+        CSRE(TinyEncoder(), 43, labels, feature_size=(4, 5), dim=8, K_pos=5, K_hard=6, K_rand=6)
+    # repeated 5 times within the epoch (NW-UCLA's official recipe): 15 slots of class 0 suffice
+    repeated = labels.repeat(5)  # = SkeletonFeeder(repeat=5).labels: aligned with index % 43
+    model = CSRE(TinyEncoder(), 215, repeated, feature_size=(4, 5), dim=8, K_pos=5, K_hard=6, K_rand=6)
+    assert model.banks["s"].size == 215
+
+
+@pytest.mark.parametrize("policy", ["skip", "clamp"])
+def test_small_class_policies(policy: str) -> None:
+    num_class, N = 3, 43
+    labels = torch.tensor([0] * 3 + [1] * 20 + [2] * 20)
+    torch.manual_seed(0)
+    model = CSRE(TinyEncoder(num_class=num_class), N, labels, feature_size=(4, 5), dim=8, r=2, K_pos=5, K_hard=6,
+                 K_rand=6, small_classes=policy)
+    for bank in model.banks.values():  # everything filled
+        bank.features.copy_(F.normalize(torch.randn(N, 8), dim=1))
+        bank.filled.fill_(True)
+    x = torch.randn(4, 3, 8, 5, 2)
+    out = model.train()(x, labels[[0, 1, 5, 30]], torch.tensor([0, 1, 5, 30]))
+    expected = [policy == "clamp", policy == "clamp", True, True]  # class 0: 3 positives only
+    assert out.valid["s"].tolist() == expected
+
+
+def test_from_dataset_reads_length_and_aligned_labels() -> None:
+    class Repeated:
+        labels = torch.tensor([0, 1, 1, 0]).repeat(3)
+
+        def __len__(self) -> int:
+            return 12
+
+    model = CSRE.from_dataset(TinyEncoder(), Repeated(), feature_size=(4, 5), dim=8, K_pos=2, K_hard=2, K_rand=2)
+    assert model.num_samples == 12 and torch.equal(model.banks["t"].labels, Repeated.labels)
+    for c in (0, 1):  # the per-class slot table the positives are looked up in
+        slots = model.class_slots[c]
+        assert slots[slots >= 0].tolist() == torch.nonzero(Repeated.labels == c).flatten().tolist()
+    with pytest.raises(ValueError, match="aligned"):
+        CSRE(TinyEncoder(), 11, Repeated.labels, feature_size=(4, 5), K_pos=1, K_hard=1, K_rand=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The wrapper
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_every_csre_parameter_gets_a_gradient(variant: str) -> None:
+    model = tiny_csre(variant=variant, pos_strategy="R+H").train()
+    prefill(model)
+    x, y, idx = toy_batch()
+    out = model(x, y, idx)
+    assert set(out.terms) == set(VARIANTS[variant]) and all(v.all() for v in out.valid.values())
+    (F.cross_entropy(out.logits, y) + out.contrastive).backward()
+    head = [(n, p) for n, p in model.named_parameters() if not n.startswith("encoder.")]
+    assert head, "no head parameters"
+    missing = [n for n, p in head if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"head parameters without gradient: {missing}"
+    assert all(p.grad is not None for p in model.encoder.parameters())
+    expected = {"s": "std.conv1.weight", "t": "std.conv2.weight", "g": "global_proj.weight"}
+    names = dict(model.named_parameters())
+    assert all((expected[b] in names) == (b in VARIANTS[variant]) for b in "stg")
+    assert not any(b.requires_grad for b in model.buffers())
+
+
+@pytest.mark.parametrize("weights", [(0.5, 0.5), (1.0, 1.0)])
+def test_contrastive_term_is_the_weighted_sum(weights: tuple[float, float]) -> None:
+    model = tiny_csre(weights=weights).train()
+    prefill(model)
+    out = model(*toy_batch())
+    expected = weights[0] * out.terms["s"] + weights[1] * out.terms["t"]
+    assert torch.equal(out.contrastive, expected) and out.contrastive.item() > 0
+
+
+def test_eval_returns_exactly_the_encoder_logits_and_leaves_banks_alone() -> None:
+    model = tiny_csre(variant="csre+gc")
+    prefill(model)
+    before = {k: v.clone() for k, v in model.state_dict().items() if isinstance(v, Tensor)}
+    x, y, idx = toy_batch()
+    model.eval()
+    with torch.no_grad():
+        out = model(x, y, idx)
+        assert isinstance(out, Tensor) and torch.equal(out, model.encoder(x))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    model.train()
+    train_out = model(x, y, idx)
+    assert torch.equal(train_out.logits, model.encoder(x))  # same logits in train mode too
+    with pytest.raises(ValueError, match="labels"):
+        model(x)
+
+
+def test_export_loads_strictly_into_the_bare_encoder() -> None:
+    model = tiny_csre(variant="csre+gc").train()
+    prefill(model)
+    model(*toy_batch()).contrastive.backward()
+    exported = model.export()
+    assert not any(k.startswith(("std.", "banks.", "global_proj")) or "extra_state" in k for k in exported)
+    bare = TinyEncoder(num_class=4)
+    bare.load_state_dict(exported, strict=True)
+    x = toy_batch()[0]
+    bare.eval(), model.eval()
+    with torch.no_grad():
+        assert torch.equal(bare(x), model(x))
+    buf = io.BytesIO()
+    torch.save(exported, buf)
+    buf.seek(0)
+    TinyEncoder(num_class=4).load_state_dict(torch.load(buf, weights_only=True), strict=True)
+
+
+def test_checkpoint_round_trip_restores_banks_and_draws() -> None:
+    """Banks, flags and the generator state are in the state_dict: a resumed run continues identically."""
+    def steps(model: CSRE, seeds, opt=None) -> list[float]:
+        losses = []
+        for s in seeds:
+            out = model(*toy_batch(seed=s))
+            losses.append(out.contrastive.item())
+            if opt is not None:
+                opt.zero_grad()
+                out.contrastive.backward()
+                opt.step()
+        return losses
+
+    a = tiny_csre(pos_strategy="R", neg_strategy="R").train()
+    prefill(a)
+    opt = torch.optim.SGD(a.parameters(), lr=0.1)
+    steps(a, range(3), opt)
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    state = torch.load(buf, weights_only=True)
+    assert {"banks.s.features", "banks.s.labels", "banks.s.filled", "banks.t.features", "_extra_state"} <= set(state)
+
+    b = tiny_csre(pos_strategy="R", neg_strategy="R", seed=0).train()
+    b.load_state_dict(state, strict=True)
+    assert torch.equal(b.banks["t"].features, a.banks["t"].features)
+    assert steps(a, range(3, 6)) == steps(b, range(3, 6))
+
+    # the generator state matters: same weights and banks with a freshly seeded generator differ
+    c = tiny_csre(pos_strategy="R", neg_strategy="R").train()
+    c.load_state_dict({**state, "_extra_state": {**state["_extra_state"], "generator": None}})
+    b.load_state_dict(state)
+    assert steps(c, range(3, 6)) != steps(b, range(3, 6))
+
+
+def test_contrastive_loss_goes_down_on_a_toy_problem() -> None:
+    """Free anchor features, a bank refreshed every step: a few SGD steps lower the loss (sign, detach)."""
+    torch.manual_seed(0)
+    S, d, num_class = 48, 8, 4
+    labels_all = toy_labels(S, num_class)
+    feats = nn.Parameter(torch.randn(S, d))
+    bank = MemoryBank(d, labels_all)
+    bank.update(F.normalize(feats.detach(), dim=1), labels_all, torch.arange(S))
+    opt = torch.optim.SGD([feats], lr=20.0)  # the mean over many rows makes per-feature gradients small
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for step in range(40):
+        idx = torch.randperm(S, generator=g)[:12]
+        z = F.normalize(feats[idx], dim=1)
+        bank.update(z, labels_all[idx], idx)
+        res = csre_infonce(z, bank.features, bank.labels, bank.filled, labels_all[idx], K_pos=6, K_hard=8,
+                           K_rand=8, tau=0.5, generator=g)
+        opt.zero_grad()
+        res.loss.backward()
+        opt.step()
+        losses.append(res.loss.item())
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+
+
+def test_constructor_validation() -> None:
+    enc, labels = TinyEncoder(), toy_labels(20, 2)
+    base = dict(feature_size=(4, 5), K_pos=2, K_hard=2, K_rand=2)
+    for kw, message in [
+        (dict(variant="spatial"), "variant"), (dict(pos_strategy="RH"), "pos_strategy"),
+        (dict(neg_strategy="hard"), "neg_strategy"), (dict(small_classes="warn"), "small_classes"),
+        (dict(tau=0.0), "tau"), (dict(weights=(1.0,)), "weights"), (dict(K_rand=21), "K_rand=21"),
+        (dict(feature_size=None), "input_shape"), (dict(capacity=1, K_pos=2), "K_pos=2"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            CSRE(enc, 20, labels, **{**base, **kw})
+    with pytest.raises(ValueError, match="feature map"):  # STFD built for another (T', V)
+        CSRE(enc, 20, labels, **{**base, "feature_size": (3, 5)}).train()(*toy_batch(num_samples=20, num_class=2))
+
+
+def test_loss_runs_in_float32_under_autocast() -> None:
+    model = tiny_csre(neg_strategy="H").train()
+    prefill(model)
+    batch = toy_batch()
+    ref = model(*batch).terms
+    prefill(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(*batch)
+    assert all(v.dtype == torch.float32 for v in out.terms.values())
+    assert model.banks["s"].features.dtype == torch.float32
+    assert all(abs(out.terms[b].item() - ref[b].item()) < 0.05 * ref[b].item() for b in "st")
+
+
+# ---------------------------------------------------------------------------------------------
+# Every registered encoder, NTU and NW-UCLA shapes
+
+# NTU: 25 joints, 2 persons; NW-UCLA: 20 joints, 1 person. Clips are shorter than the recipes' (64 and
+# 52 frames) to keep the suite fast on CPU; T' follows from the encoder either way (never 16).
+SHAPES = {"ntu": ((2, 3, 16, 25, 2), "ntu", 60), "ucla": ((2, 3, 20, 20, 1), "ucla", 10)}
+_ARG_NAMES = {  # constructor argument -> value, for whichever names an encoder uses
+    "num_class": "num_class", "num_classes": "num_class", "num_point": "V", "num_joint": "V", "num_joints": "V",
+    "num_person": "M", "num_persons": "M", "graph": "graph", "in_channels": "C", "in_channel": "C",
+    "window_size": "T",
+}
+
+
+def build_encoder(name: str, shape: tuple[int, ...], graph: str, num_class: int) -> Encoder:
+    _, C, T, V, M = shape
+    values = {"num_class": num_class, "V": V, "M": M, "graph": graph, "C": C, "T": T}
+    cls = registry.encoder_class(name)
+    params = inspect.signature(cls.__init__).parameters
+    return cls(**{arg: values[key] for arg, key in _ARG_NAMES.items() if arg in params})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape_name", SHAPES)
+@pytest.mark.parametrize("name", sorted(registry.ENCODERS))
+def test_every_encoder_trains_with_csre(name: str, shape_name: str) -> None:
+    shape, graph, num_class = SHAPES[shape_name]
+    N, C, T, V, M = shape
+    torch.manual_seed(0)
+    encoder = build_encoder(name, shape, graph, num_class)
+    num_samples = 4 * num_class
+    labels = toy_labels(num_samples, num_class)
+    model = CSRE(encoder, num_samples, labels, input_shape=(C, T, V, M), K_pos=2, K_hard=4, K_rand=4,
+                 variant="csre+gc").train()
+    fmap_T, fmap_V = model.feature_size
+    assert model.std.num_frame == fmap_T and model.std.num_point == fmap_V
+    prefill(model, fraction=1.0)
+    x = 0.5 * torch.randn(shape)
+    index = torch.tensor([0, 1])
+    out = model(x, labels[index], index)
+    assert out.logits.shape == (N, num_class) and all(v.all() for v in out.valid.values())
+    loss = F.cross_entropy(out.logits, labels[index]) + out.contrastive
+    assert torch.isfinite(loss) and out.contrastive.item() > 0
+    loss.backward()
+    head = {n: p for n, p in model.named_parameters() if not n.startswith("encoder.")}
+    missing = [n for n, p in head.items() if p.grad is None or not torch.isfinite(p.grad).all() or not p.grad.any()]
+    assert not missing, f"CSRE parameters without a finite, non-zero gradient: {missing}"
+
+
+# ---------------------------------------------------------------------------------------------
+# gin files (bound against the configurable name `models.CSRE`)
+
+
+@pytest.fixture
+def gin_csre():
+    gin = pytest.importorskip("gin")
+    with contextlib.suppress(Exception):  # registers models.CSRE once wired there
+        import harness.configurables  # noqa: F401
+    gin.external_configurable(CSRE, name="CSRE", module="models")  # same object again: a no-op
+    gin.clear_config()
+    yield gin
+    gin.clear_config()
+
+
+GIN_VARIANTS = {None: "csre", "sc": "sc", "tc": "tc", "gc": "gc", "csre_gc": "csre+gc"}
+
+
+@pytest.mark.parametrize("variant_file", list(GIN_VARIANTS))
+def test_gin_files_build_the_variants(gin_csre, variant_file: str | None) -> None:
+    gin = gin_csre
+    files = [REPO / "gin/datasets/ucla.gin", REPO / "gin/csre.gin"]
+    if variant_file:
+        files.append(REPO / f"gin/csre/{variant_file}.gin")
+    gin.parse_config_files_and_bindings([str(f) for f in files], ["models.CSRE.K_pos = 2",
+                                                                  "models.CSRE.K_hard = 4",
+                                                                  "models.CSRE.K_rand = 4"], skip_unknown=False)
+    assert gin.query_parameter("models.CSRE.tau") == 0.8 and gin.query_parameter("models.CSRE.weights") == (0.5, 0.5)
+    make = gin.get_configurable("models.CSRE")
+    model = make(TinyEncoder(num_person=1, num_class=10), 40, toy_labels(40, 10))
+    assert model.variant == GIN_VARIANTS[variant_file]
+    assert model.feature_size == (26, 20)  # T' = 52 / 2 from the dry run, V = 20 (NW-UCLA)
+    assert (model.pos_strategy, model.neg_strategy, model.capacity) == ("H", "R+H", None)
+
+
+def test_gin_sampling_weights_and_tau_files(gin_csre) -> None:
+    gin = gin_csre
+    table6 = {"R_R": ("R", "R"), "R_H": ("R", "H"), "R_RH": ("R", "R+H"), "H_R": ("H", "R"), "H_H": ("H", "H"),
+              "H_RH": ("H", "R+H"), "RH_RH": ("R+H", "R+H")}
+    found = sorted(p.stem.removeprefix("sampling_") for p in (REPO / "gin/csre").glob("sampling_*.gin"))
+    assert found == sorted(table6)
+    dataset, csre = str(REPO / "gin/datasets/ntu120_xsub.gin"), str(REPO / "gin/csre.gin")
+    for stem, (pos, neg) in table6.items():
+        gin.clear_config()
+        gin.parse_config_files_and_bindings([dataset, csre, str(REPO / f"gin/csre/sampling_{stem}.gin")], [],
+                                            skip_unknown=False)
+        assert (gin.query_parameter("models.CSRE.pos_strategy"), gin.query_parameter("models.CSRE.neg_strategy")) \
+            == (pos, neg)
+    gin.clear_config()
+    gin.parse_config_files_and_bindings([dataset, csre, str(REPO / "gin/csre/paper_weights.gin"),
+                                         str(REPO / "gin/csre/tau_grid.gin")], [], skip_unknown=False)
+    assert gin.query_parameter("models.CSRE.weights") == (1.0, 1.0)
+    grid = gin.query_parameter("%CSRE_TAU_GRID")
+    assert grid == [0.5, 0.8, 1.0]
+    for tau in grid:
+        gin.clear_config()
+        gin.parse_config_files_and_bindings([dataset, csre, str(REPO / f"gin/csre/tau_{tau}.gin")], [],
+                                            skip_unknown=False)
+        assert gin.query_parameter("models.CSRE.tau") == tau
+
+
+# ---------------------------------------------------------------------------------------------
+# DDP: two gloo processes on CPU
+
+DDP_N, DDP_S, DDP_CLASSES = 8, 40, 4
+
+
+def _ddp_model() -> CSRE:
+    model = tiny_csre(DDP_S, DDP_CLASSES, variant="csre+gc", pos_strategy="R+H", neg_strategy="R+H", seed=7)
+    prefill(model, fraction=0.6)
+    return model.train()
+
+
+def _ddp_batches():
+    return [toy_batch(DDP_N, DDP_S, DDP_CLASSES, seed=10 + s) for s in range(2)]
+
+
+def _run_steps(model: nn.Module, batches, rank: int = 0, world: int = 1) -> dict:
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    record: dict = {"terms": [], "contrastive": [], "grads": []}
+    part = DDP_N // world
+    for x, y, idx in batches:
+        sl = slice(rank * part, (rank + 1) * part)
+        out = model(x[sl], y[sl], idx[sl])
+        opt.zero_grad()
+        (F.cross_entropy(out.logits, y[sl]) + out.contrastive).backward()
+        record["terms"].append({b: t.detach() for b, t in out.terms.items()})
+        record["contrastive"].append(out.contrastive.detach())
+        record["grads"].append({n: p.grad.clone() for n, p in model.named_parameters()})
+        opt.step()
+    inner = model.module if hasattr(model, "module") else model
+    record["state"] = {k: v for k, v in inner.state_dict().items() if isinstance(v, Tensor)}
+    return record
+
+
+def _ddp_worker(rank: int, world: int, store: str, out_dir: str) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    try:
+        model = DistributedDataParallel(_ddp_model())
+        record = _run_steps(model, _ddp_batches(), rank, world)
+        record["grads"] = [{k.removeprefix("module."): v for k, v in g.items()} for g in record["grads"]]
+        torch.save(record, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_two_ranks_equal_single_process(tmp_path: Path) -> None:
+    import torch.multiprocessing as mp
+    world = 2
+    mp.spawn(_ddp_worker, args=(world, str(tmp_path / "store"), str(tmp_path)), nprocs=world, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(world)]
+    single = _run_steps(_ddp_model(), _ddp_batches())
+
+    for k, v in single["state"].items():  # banks (and weights after two SGD steps) identical everywhere
+        for r in ranks:
+            assert torch.allclose(r["state"][k], v, atol=1e-6), k
+    banks = [k for k in single["state"] if k.startswith("banks.")]
+    assert all(torch.equal(ranks[0]["state"][k], ranks[1]["state"][k]) for k in banks)
+    assert all(single["state"][f"banks.{b}.filled"].sum() > 0 for b in "stg")
+    for step in range(2):
+        mean = sum(r["contrastive"][step] for r in ranks) / world
+        assert abs(mean.item() - single["contrastive"][step].item()) <= 1e-6
+        for b in "stg":
+            assert abs(sum(r["terms"][step][b] for r in ranks).item() / world - single["terms"][step][b].item()) <= 1e-6
+        for name, g in single["grads"][step].items():  # DDP-averaged gradients = the global batch's
+            assert torch.allclose(ranks[0]["grads"][step][name], g, atol=1e-6), name
+    assert single["contrastive"][1].item() > 0
