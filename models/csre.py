@@ -81,15 +81,15 @@ SMALL_CLASS_POLICIES = ("error", "skip", "clamp")
 
 
 class SampleSpace(NamedTuple):
-    """Where a random set is drawn from, for a ``draw`` function (see :func:`csre_infonce`).
+    """Where a set is selected from, for ``topk`` and for a ``draw`` function (see :func:`csre_infonce`).
 
     ``width`` key columns per anchor (the bank's S, or the anchor's candidate positives);
-    ``restrict(keys, fill)`` sets the keys (n, width) of columns outside the set to ``fill``;
-    ``to_rows(columns)`` maps chosen columns (n, k) to bank rows.
+    ``restrict(keys)`` sets the keys (n, width) of the columns outside the set to -inf, **in
+    place**, and returns them; ``to_rows(columns)`` maps chosen columns (n, k) to bank rows.
     """
 
     width: int
-    restrict: Callable[[Tensor, float], Tensor]
+    restrict: Callable[[Tensor], Tensor]
     to_rows: Callable[[Tensor], Tensor]
 
 
@@ -273,18 +273,18 @@ def random_keys(n: int, width: int, generator: torch.Generator | None = None, de
 def draw_from(space: SampleSpace, keys: Tensor, k: int, ordered: bool = True) -> Tensor:
     """k distinct uniformly random members of each row's set: keys (n, width) -> bank rows (n, k).
 
-    Keys of columns outside the set become -1 and ``topk`` keeps the k largest: a uniform draw
+    Keys of columns outside the set become -inf and ``topk`` keeps the k largest: a uniform draw
     without replacement whenever a row's set has at least k members (rows with fewer get their
     members first, then arbitrary columns; :func:`csre_infonce` gates those anchors out). With
     ``ordered`` the members come in random order, so every prefix is itself a uniform draw (the
     clamp policy uses prefixes); without it the order is unspecified (a cheaper unsorted ``topk``).
     """
-    return space.to_rows(space.restrict(keys, -1.0).topk(k, dim=1, sorted=ordered).indices)
+    return space.to_rows(space.restrict(keys).topk(k, dim=1, sorted=ordered).indices)
 
 
 def mask_space(allowed: Tensor) -> SampleSpace:
     """The sample space "columns where ``allowed`` (n, S) is True" over all bank rows."""
-    return SampleSpace(allowed.shape[1], lambda keys, fill: torch.where(allowed, keys, fill), lambda cols: cols)
+    return SampleSpace(allowed.shape[1], lambda keys: keys.masked_fill_(~allowed, -math.inf), lambda cols: cols)
 
 
 def random_rows(allowed: Tensor, k: int, generator: torch.Generator | None = None, *, ordered: bool = True) -> Tensor:
@@ -388,33 +388,35 @@ def csre_infonce(z: Tensor, bank: Tensor, bank_labels: Tensor, bank_filled: Tens
     with torch.autocast(z.device.type, enabled=False):
         z = z.float()
         bank = bank.detach().float()
-        # (n, S) cosine similarities, grad through z only; bank @ z^T then a transposed copy is
-        # faster on CPU than z @ bank^T, and the (n, S) passes below want contiguous rows
-        sim = torch.mm(bank, z.t()).t().contiguous()
-        s_ = sim.detach()
+        # cosine similarities, grad through z only. bank @ z^T is faster on CPU than z @ bank^T;
+        # the selections want contiguous (n, S) rows: a detached transposed copy, used as the
+        # hard-negative keys in place afterwards (few fresh (n, S) buffers: each costs page faults)
+        sim = torch.mm(bank, z.t()).t()  # (n, S) view of (S, n), with grad
+        s_ = sim.detach().clone(memory_format=torch.contiguous_format)  # (n, S), never shares storage
         filled = bank_filled.bool()  # (S,)
+        unfilled = torch.zeros(S, device=z.device).masked_fill_(~filled, -math.inf)  # (S,) 0 / -inf
         if candidates is None:  # positives: compare all S labels
             same = bank_labels[None, :] == labels[:, None]  # (n, S)
             pos_mask = same & filled[None, :]  # (n, S) filled positives
             pos_count = pos_mask.sum(1)  # (n,)
-            not_neg = same | ~filled[None, :]  # (n, S)
             pos_space = mask_space(pos_mask)
             pos_sim = s_  # (n, S)
 
-            def neg_restrict(keys: Tensor, fill: float) -> Tensor:
-                return torch.where(not_neg, fill, keys)
+            def neg_restrict(keys: Tensor) -> Tensor:  # not unfilled, not the anchor's class
+                return keys.add_(unfilled).masked_fill_(same, -math.inf)
         else:  # positives: the W candidate slots of the anchor's class
             if candidates.shape[1] < K_pos:
                 candidates = F.pad(candidates, (0, K_pos - candidates.shape[1]), value=-1)
-            cand = torch.where(candidates >= 0, candidates, candidates[:, :1]).to(z.device, torch.long)  # (n, W)
-            cand_ok = (candidates >= 0).to(z.device) & filled[cand]  # (n, W) filled positives
+            candidates = candidates.to(z.device, torch.long)
+            cand = torch.where(candidates >= 0, candidates, candidates[:, :1])  # (n, W) padding: a repeat
+            cand_ok = (candidates >= 0) & filled[cand]  # (n, W) filled positives
             pos_count = cand_ok.sum(1)
-            pos_space = SampleSpace(cand.shape[1], lambda keys, fill: torch.where(cand_ok, keys, fill),
+            pos_space = SampleSpace(cand.shape[1], lambda keys: keys.masked_fill_(~cand_ok, -math.inf),
                                     lambda cols: cand.gather(1, cols))
             pos_sim = s_.gather(1, cand)  # (n, W)
 
-            def neg_restrict(keys: Tensor, fill: float) -> Tensor:  # not unfilled, not the anchor's class
-                return torch.where(filled[None, :], keys, fill).scatter_(1, cand, fill)
+            def neg_restrict(keys: Tensor) -> Tensor:  # not unfilled, not the anchor's class
+                return keys.add_(unfilled).scatter_(1, cand, -math.inf)
         neg_count = filled.sum() - pos_count  # (n,) filled negatives
         neg_space = SampleSpace(S, neg_restrict, lambda cols: cols)
 
@@ -432,16 +434,16 @@ def csre_infonce(z: Tensor, bank: Tensor, bank_labels: Tensor, bank_filled: Tens
         pos_idx = []  # (n, K_pos) bank rows; with ``ordered`` the first k_pos[i] are the set
         for s in pos_sets:
             if s == "H":  # lowest similarity among positives
-                cols = pos_space.restrict(pos_sim, math.inf).topk(K_pos, dim=1, largest=False, sorted=ordered).indices
+                cols = pos_space.restrict(-pos_sim).topk(K_pos, dim=1, sorted=ordered).indices
                 pos_idx.append(pos_space.to_rows(cols))
             else:
                 pos_idx.append(draw("pos", K_pos, pos_space).to(z.device))
         neg_idx = {}
         for s in neg_sets:
-            if s == "H":  # highest similarity among negatives
-                neg_idx[s] = neg_restrict(s_, -math.inf).topk(K_hard, dim=1, sorted=ordered).indices
-            else:
+            if s == "R":
                 neg_idx[s] = draw("neg", K_rand, neg_space).to(z.device)
+        if "H" in neg_sets:  # highest similarity among negatives; s_ becomes the keys (last use)
+            neg_idx = {"H": neg_restrict(s_).topk(K_hard, dim=1, sorted=ordered).indices, **neg_idx}
 
         lse = []  # per negative set: (n,) logsumexp of its logits
         for s, idx in neg_idx.items():
