@@ -100,6 +100,78 @@ VERBS["models"] = ("print each encoder's parameters and MACs (NTU60 and NW-UCLA 
                    _configure_models, _run_models)
 
 
+# --------------------------------------------------------------------------- train
+
+def _gin_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gin_file", "--gin-file", dest="gin_file", action="append", default=[], required=True,
+                   metavar="FILE", help="gin file (repeatable, later wins): encoder, dataset, recipe, csre, profile")
+    p.add_argument("--gin_param", "--gin-param", dest="gin_param", action="append", default=[], metavar="BINDING",
+                   help="one gin binding, e.g. 'TrainConfig.seed = 2' (repeatable, applied after the files)")
+
+
+def _configure_train(p: argparse.ArgumentParser) -> None:
+    _gin_args(p)
+    p.add_argument("--run_dir", "--run-dir", dest="run_dir", type=Path, default=None,
+                   help="run directory (default runs/<benchmark>/<encoder>/<stream>/<csre|base>/seed<k>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --run_dir from its checkpoint (a finished run is left as it is)")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from harness.train import INTERRUPTED, NonFiniteLoss, train
+    try:
+        metrics = train(args.gin_file, args.gin_param, run_dir=args.run_dir, resume=args.resume)
+    except NonFiniteLoss as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return INTERRUPTED if metrics is None else 0
+
+
+VERBS["train"] = ("train one cell (encoder x benchmark x stream x CSRE on/off x seed) into a run directory",
+                  _configure_train, _run_train)
+
+
+# --------------------------------------------------------------------------- eval
+
+def _configure_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, type=Path,
+                   help="official checkpoint (CTR-GCN, 2s-AGCN, Hyperformer, CSRE, BlockGCN, InfoGCN .pt) or ours")
+    _gin_args(p)
+    p.add_argument("--out", type=Path, default=None, help="folder for scores_test.npz/.pkl and eval.json")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--workers", type=int, default=0)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from harness.evaluate import evaluate_checkpoint
+    r = evaluate_checkpoint(args.checkpoint, args.gin_file, args.gin_param, device=args.device,
+                            batch_size=args.batch_size, out_dir=args.out, num_workers=args.workers)
+    t = r["test"]
+    print(f"{args.checkpoint}: test top-1 {t['top1']:.2f}%  top-5 {t['top5']:.2f}%  ({t['n']} samples)")
+    return 0
+
+
+VERBS["eval"] = ("evaluate a checkpoint (official repositories' or ours) on the test split",
+                 _configure_eval, _run_eval)
+
+
+# --------------------------------------------------------------------------- ensemble
+
+def _configure_ensemble(p: argparse.ArgumentParser) -> None:
+    from harness.ensemble import configure_parser
+    configure_parser(p)
+
+
+def _run_ensemble(args: argparse.Namespace) -> int:
+    from harness.ensemble import run
+    return run(args)
+
+
+VERBS["ensemble"] = ("combine the streams of finished runs into 2S and 4S ensembles (published, val- and test-tuned weights)",
+                     _configure_ensemble, _run_ensemble)
+
+
 # --------------------------------------------------------------------------- entry point
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     _, _, run = VERBS[args.verb]
     try:
         return run(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
         # Input errors already name the file and the problem; a traceback would bury that.
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -132,17 +132,38 @@ def build_encoder(name: str = gin.REQUIRED, **kwargs: Any):
 CSRE_RUNTIME_ARGS = ("encoder", "num_samples", "labels")
 _CSRE: list[type] = []  # the gin-wrapped class once registered
 _CSRE_IMPORT_ERROR: list[str] = []
+_CSRE_SELECTOR = "models.CSRE"
+
+
+def _csre_entry_is_ours(cls: type) -> bool:
+    """Whether gin's registry entry for ``models.CSRE`` is ``cls`` with the run-time denylist."""
+    from gin import config as gin_config
+    entry = gin_config._REGISTRY.get(_CSRE_SELECTOR)  # noqa: SLF001 - gin has no public lookup of an entry
+    return (entry is not None and entry.wrapped is cls and bool(_CSRE) and entry.wrapper is _CSRE[0]
+            and set(CSRE_RUNTIME_ARGS) <= set(entry.denylist or ()))
 
 
 def register_csre() -> type | None:
-    """Register ``models.csre.CSRE`` as ``models.CSRE`` (idempotent); None if it cannot be imported."""
-    if not _CSRE:
-        try:
-            from models.csre import CSRE
-        except ImportError as e:  # pragma: no cover - depends on the working tree
-            _CSRE_IMPORT_ERROR[:] = [f"{type(e).__name__}: {e}"]
-            return None
-        _CSRE.append(gin.external_configurable(CSRE, name="CSRE", module="models", denylist=list(CSRE_RUNTIME_ARGS)))
+    """Register ``models.csre.CSRE`` as ``models.CSRE`` with the run-time arguments denylisted;
+    None if it cannot be imported.
+
+    Idempotent, and checked on every call (:func:`parse_gin` calls it before parsing): gin keeps
+    one entry per name, and registering the same class again (``gin.external_configurable(CSRE,
+    name='CSRE', module='models')`` elsewhere, e.g. in a test) silently replaces ours by one
+    without the denylist, after which ``models.CSRE.num_samples = 3`` would parse. Such a
+    replacement is undone here, so the order in which modules register does not matter.
+    """
+    try:
+        from models.csre import CSRE
+    except ImportError as e:  # pragma: no cover - depends on the working tree
+        _CSRE_IMPORT_ERROR[:] = [f"{type(e).__name__}: {e}"]
+        return None
+    _CSRE_IMPORT_ERROR.clear()
+    if not _csre_entry_is_ours(CSRE):
+        with gin.unlock_config():  # re-registering under a finalized config (build_csre) is allowed
+            wrapper = gin.external_configurable(CSRE, name="CSRE", module="models",
+                                                denylist=list(CSRE_RUNTIME_ARGS))
+        _CSRE[:] = [wrapper]
     return _CSRE[0]
 
 

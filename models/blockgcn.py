@@ -300,6 +300,9 @@ class BlockGCN(Encoder):
     or ``in_channels + 3`` (raw joints for the topology branch in the last 3 channels).
     """
 
+    #: the trainer asks the feeder for the raw joints (``SkeletonFeeder(with_joints=True)``)
+    wants_joints = True
+
     def __init__(self, num_class: int = 60, num_point: int = 25, num_person: int = 2, graph: str | None = None,
                  graph_args: Mapping[str, Any] | None = None, in_channels: int = 3, drop_out: float = 0,
                  adaptive: bool = True, num_set: int = 3, alpha: bool = False, window_size: int = 64,

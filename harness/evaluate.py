@@ -1,0 +1,121 @@
+"""Evaluation: logits of a model on a feeder, and the ``eval`` verb for official checkpoints.
+
+:func:`predict` runs a model in ``eval()`` mode over a feeder in dataset order and returns the
+raw logits (what the official code saves per sample). A CSRE-wrapped model returns exactly the
+encoder's logits in eval mode, so the same function serves both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from harness.batches import EpochBatches
+
+__all__ = ["autocast", "evaluate_checkpoint", "predict"]
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str):
+    """The autocast context of ``precision`` ('fp32' = none) on ``device``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    dtype = PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def loader(feeder, batch_size: int, *, num_workers: int = 0, sampler=None, generator=None) -> DataLoader:
+    """A DataLoader over ``feeder`` with an explicit batch sampler (dataset order by default)."""
+    from data.feeder import worker_init_fn
+    if sampler is None:
+        sampler = EpochBatches(len(feeder), batch_size, shuffle=False, drop_last=False)
+    return DataLoader(feeder, batch_sampler=sampler, num_workers=num_workers, generator=generator,
+                      worker_init_fn=worker_init_fn if num_workers else None,
+                      persistent_workers=False, pin_memory=False)
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, feeder, *, batch_size: int, device: torch.device,
+            precision: str = "fp32", num_workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(logits (N, num_class) float32, labels (N,)) of ``model`` on every sample of ``feeder``, in order."""
+    was_training = model.training
+    model.eval()
+    logits, labels = [], []
+    try:
+        for x, y, _ in loader(feeder, batch_size, num_workers=num_workers):
+            with autocast(device, precision):
+                out = model(x.to(device, non_blocking=True))
+            logits.append(out.float().cpu())
+            labels.append(y)
+    finally:
+        model.train(was_training)
+    if not logits:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy().astype(np.int64)
+
+
+def evaluate_checkpoint(checkpoint: str | Path, gin_files: Sequence[str], gin_params: Sequence[str] = (), *,
+                        device: str = "auto", batch_size: int | None = None, out_dir: str | Path | None = None,
+                        subset: int | None = None, num_workers: int = 0, strict: bool = True) -> dict[str, Any]:
+    """Evaluate an official (or our own) checkpoint on the test part of the gin-configured dataset.
+
+    The encoder is built from the gin files (``gin/encoders/<name>.gin`` + a dataset file), the
+    checkpoint's encoder keys are loaded with ``strict`` (see
+    :func:`harness.checkpoint.official_encoder_state`), and the metrics are returned; with
+    ``out_dir`` the scores (npz + the official pickle) and ``eval.json`` are written there.
+    """
+    import gin
+
+    from harness import checkpoint as ckpt_lib
+    from harness.configurables import DataConfig, Recipe, build_encoder, parse_gin
+    from harness.io import Scores, save_scores, write_json
+    from harness.metrics import classification_metrics
+
+    path = Path(checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    gin.clear_config()
+    parse_gin(gin_files, gin_params)
+    dev = resolve_device(device)
+    recipe, data = Recipe(), DataConfig()
+    encoder = build_encoder()
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001
+        raise ValueError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+    state = ckpt_lib.official_encoder_state(raw, str(path))
+    try:
+        encoder.load_state_dict(state, strict=strict)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: does not fit the encoder built from {list(gin_files)}: {e}") from None
+    encoder.to(dev)
+    feeder = data.feeder("test", subset=subset, with_joints=bool(getattr(encoder, "wants_joints", False)))
+    logits, labels = predict(encoder, feeder, batch_size=batch_size or recipe.test_batch_size, device=dev,
+                             num_workers=num_workers)
+    result = {"checkpoint": str(path), "gin_files": list(gin_files), "gin_params": list(gin_params),
+              "data": data.to_dict(), "test": classification_metrics(logits, labels, data.num_class)}
+    if out_dir is not None:
+        out = Path(out_dir)
+        names = np.asarray(feeder.sample_names).astype(str)
+        save_scores(out / "scores_test.npz", Scores(logits, labels, names, -1),
+                    official_pickle=out / "scores_test.pkl")
+        write_json(out / "eval.json", result)
+    return result
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' = the first CUDA device if there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return dev
