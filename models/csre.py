@@ -28,11 +28,12 @@ Semantics follow the official code (``zhshj0110/CSRE``: ``model/Hyperformer.py::
 
 Where this module departs from, or goes beyond, the official code:
 
-* **No host synchronisation, no per-anchor loop, no full sort**: masks, ``topk`` on masked
-  similarities, gathers and a row weight replace the Python loop with its ``continue``. A batch with
-  no valid anchor yields a 0-dim zero that is still part of the graph (zero gradient), instead of
-  the official ``torch.zeros(1)`` without a graph that the official trainer skips with
-  ``if loss > 0`` (adding an exact zero is equivalent and needs no sync).
+* **No host synchronisation** (except a one-off seed check under DDP), **no per-anchor loop, no
+  full sort**: masks, ``topk`` on masked similarities, gathers and a row weight replace the Python
+  loop with its ``continue``. A batch with no valid anchor yields a 0-dim zero that is still part
+  of the graph (zero gradient), instead of the official ``torch.zeros(1)`` without a graph that
+  the official trainer skips with ``if loss > 0`` (adding an exact zero is equivalent and needs no
+  sync).
 * **Random draws** come from a ``torch.Generator`` owned by :class:`CSRE` and seeded with ``seed``
   (its state is in the state_dict, so a resumed run draws the same negatives), instead of Python's
   global ``random``. The draw is "uniform random keys, ``topk`` over the allowed slots", which is a
@@ -43,7 +44,10 @@ Where this module departs from, or goes beyond, the official code:
 * **T' and V come from the encoder's real feature map** (the official code hard-codes T' = 16,
   which cannot build NW-UCLA's T' = 13).
 * **Small classes**: ``small_classes`` makes the case explicit (see :class:`CSRE`).
-* **DDP**: features, labels and indices are all-gathered before the bank write; see :class:`CSRE`.
+* **DDP**: features, labels and indices are all-gathered before the bank write, and the ranks'
+  seeds are checked once; see :class:`CSRE`.
+* **FIFO banks** (``capacity``, not in the official code) judge small classes by their expected
+  share of the queue; see :class:`CSRE`.
 * The banks and the generator state are persistent buffers / extra state (the official banks are
   ``nn.Parameter(requires_grad=False)`` of the loss modules and are lost on resume).
 
@@ -67,7 +71,7 @@ from models.encoder import Encoder, mean_pool
 
 __all__ = [
     "STFD", "MemoryBank", "InfoNCE", "CSREOutput", "CSRE", "SampleSpace", "csre_infonce", "class_slot_table",
-    "draw_from", "fixed_draws", "mask_space", "random_keys", "random_rows", "VARIANTS", "STRATEGIES",
+    "draw_from", "fifo_share", "fixed_draws", "mask_space", "random_keys", "random_rows", "VARIANTS", "STRATEGIES",
 ]
 
 #: variant -> contrasted branches: s = STFD spatial, t = STFD temporal, g = global pooled feature.
@@ -480,6 +484,46 @@ class CSREOutput(NamedTuple):
     valid: dict[str, Tensor]  #: (N,) bool per branch: anchors that passed the gate
 
 
+def fifo_share(counts: Tensor, num_samples: int, capacity: int) -> tuple[Tensor, Tensor]:
+    """Expected (positives, negatives) per class in a full FIFO queue: floor(p_c·C), floor(C - p_c·C).
+
+    ``p_c = counts[c] / num_samples``; computed in integers (exact, no float rounding).
+    """
+    counts = counts.long()
+    pos = counts * capacity // num_samples
+    return pos, (num_samples - counts) * capacity // num_samples
+
+
+def _check_fifo_share(counts: Tensor, num_samples: int, capacity: int, K_pos: int, need_neg: int) -> None:
+    """``small_classes='error'`` for a FIFO bank: every present class must expect enough queue slots."""
+    counts = counts.long()
+    present = counts > 0
+    # p_c·C < K  <=>  count_c·C < K·num_samples (integers, exact)
+    short_pos = present & (counts * capacity < K_pos * num_samples)
+    short_neg = present & ((num_samples - counts) * capacity < need_neg * num_samples)
+    bad = [int(c) for c in (short_pos | short_neg).nonzero().flatten()]
+    if not bad:
+        return
+    exp_pos = [round(int(counts[c]) * capacity / num_samples, 1) for c in bad[:10]]
+    exp_neg = [round((num_samples - int(counts[c])) * capacity / num_samples, 1) for c in bad[:10]]
+    # smallest C with count_c·C >= K_pos·N and (N - count_c)·C >= need_neg·N for every present class
+    need = [-(-K_pos * num_samples // int(c)) for c in counts[present]]
+    others = [num_samples - int(c) for c in counts[present]]
+    if need_neg > 0 and min(others) == 0:
+        suggestion = "a single class has no negatives at any capacity"
+    else:
+        need += [-(-need_neg * num_samples // o) for o in others if o > 0]
+        suggestion = f"use capacity >= {max(need)}"
+    more = "..." if len(bad) > 10 else ""
+    raise ValueError(
+        f"FIFO bank of capacity {capacity}: classes {bad[:10]}{more} would rarely or never pass the gate. "
+        f"A class with dataset share p_c = count_c / {num_samples} holds about p_c*C slots of the queue: "
+        f"expected positives {exp_pos}{more} (K_pos={K_pos} needed), expected negatives {exp_neg}{more} "
+        f"({need_neg} needed). The count over the whole dataset does not matter for a queue: {suggestion}, "
+        "lower K_pos / K_hard / K_rand, or pass small_classes='skip' (those anchors contribute only in "
+        "steps where the queue happens to hold enough) or 'clamp' (sets of min(K, expected share)).")
+
+
 def _world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size(), dist.get_rank()
@@ -523,16 +567,30 @@ class CSRE(nn.Module):
             (global pooled feature only), "csre+gc" (the paper's Table 5).
         pos_strategy, neg_strategy: "H", "R" or "R+H" (Table 6; official: H and R+H).
         seed: seed of the generator of the random draws (use the run seed).
-        capacity: None = one slot per dataset index (official); an int = FIFO queue of that size.
+        capacity: None = one slot per dataset index (official); an int C = FIFO queue of C slots
+            (see "FIFO banks" below).
         small_classes: what to do about classes that can never pass the gate because the dataset
             has fewer than ``K_pos`` samples of the class (or fewer than K negatives):
             ``"error"`` (default) raises at construction, naming the classes; ``"skip"`` keeps the
             official behaviour (those anchors never contribute); ``"clamp"`` uses
-            ``min(K, available)`` positives / negatives for such classes. The count is over the
-            bank's labels, so a repeated dataset counts each repetition (NW-UCLA: about 102
-            samples per class, 510 slots with ``repeat=5``: the official recipe passes the gate
+            ``min(K, available)`` positives / negatives for such classes (at least 1). The count is
+            over the bank's labels, so a repeated dataset counts each repetition (NW-UCLA: about
+            102 samples per class, 510 slots with ``repeat=5``: the official recipe passes the gate
             only thanks to the repeat, and an anchor's positives then include stale copies of
-            itself).
+            itself). For a FIFO bank "available" is the class's expected share of the queue (below).
+
+    FIFO banks (``capacity`` = C): the queue holds the last C written samples, so a class with
+    dataset share ``p_c = count_c / num_samples`` holds about ``p_c·C`` slots (its expectation
+    over random batches; the actual number fluctuates around it), not ``count_c``. The gate is
+    therefore judged on the queue: ``small_classes="error"`` raises when ``p_c·C < K_pos`` or
+    ``C - p_c·C`` is below the largest negative set size for some class, naming the classes and
+    their expected counts and the smallest capacity that would do (a class short only in
+    expectation would pass the gate in some steps and not in others, which "skip" allows
+    explicitly). ``"clamp"`` clamps to the expected share ``floor(p_c·C)`` (negatives
+    ``floor(C - p_c·C)``), not to ``min(count_c, C)``: the queue never holds ``count_c`` samples
+    of a class whose share of C is smaller, so clamping to the dataset count would gate such
+    anchors out nearly always. The expectation is a static, sync-free choice; in steps where the
+    queue holds fewer than the share the anchor is still gated out (the gate counts the queue).
 
     Global feature (GC): the encoder's pooled feature (mean over T', V and persons, as the
     classification head pools) projected by ``global_proj`` = Linear(C', dim).
@@ -544,7 +602,11 @@ class CSRE(nn.Module):
     states) equal a single-process run. Each rank's ``contrastive`` is its row-loss sum times the
     world size divided by the global row count (one all_reduce): DDP's gradient averaging then
     gives exactly the gradient of the global-batch loss, and the mean of the ranks' values equals
-    the single-process loss. Local batches must have equal sizes.
+    the single-process loss. Local batches must have equal sizes. The draws are only identical if
+    every rank uses the same ``seed`` (and generator state): on the first step with random draws
+    under ``torch.distributed`` (and again after a ``load_state_dict``) the ranks all-gather
+    ``(seed, generator-state checksum)`` once (one host sync) and raise a ``RuntimeError`` on every
+    rank if they differ.
     """
 
     def __init__(self, encoder: Encoder, num_samples: int, labels: Tensor | Sequence[int], *,
@@ -592,10 +654,13 @@ class CSRE(nn.Module):
         self.class_slots: Tensor | None
         self.register_buffer("class_slots", table, persistent=False)  # (C, W), -1 padded; None for FIFO
         need_neg = max(self.K_hard if "H" in neg_sets else 0, self.K_rand if "R" in neg_sets else 0)
+        self.uses_random = "R" in STRATEGIES[pos_strategy] or "R" in neg_sets
         present = counts > 0
         short_pos = present & (counts < self.K_pos)
         short_neg = present & (num_samples - counts < need_neg)
-        if small_classes == "error" and bool((short_pos | short_neg).any()):
+        if small_classes == "error" and capacity is not None:  # a queue: the expected share of C counts
+            _check_fifo_share(counts, num_samples, int(capacity), self.K_pos, need_neg)
+        elif small_classes == "error" and bool((short_pos | short_neg).any()):
             bad = [int(c) for c in (short_pos | short_neg).nonzero().flatten()]
             raise ValueError(
                 f"classes {bad[:10]}{'...' if len(bad) > 10 else ''} can never pass the gate: they have "
@@ -623,6 +688,7 @@ class CSRE(nn.Module):
         self._generator: torch.Generator | None = None
         self._pending_state: tuple[str, Tensor] | None = None
         self._injected: dict[str, dict[str, Tensor]] = {}
+        self._seed_checked = False  # DDP: ranks' seeds compared on the first random draw
 
     @classmethod
     def from_dataset(cls, encoder: Encoder, dataset, **kwargs) -> "CSRE":
@@ -681,6 +747,8 @@ class CSRE(nn.Module):
         """
         world, rank = _world()
         labels = labels.to(next(iter(feats.values())).device, torch.long)
+        if world > 1 and self.uses_random and not self._seed_checked:
+            self._check_seed_across_ranks(labels.device)
         labels_all = all_gather_cat(labels)
         index_all = None if index is None else all_gather_cat(index.to(labels.device, torch.long))
         n = labels.shape[0]
@@ -715,10 +783,9 @@ class CSRE(nn.Module):
             return None
         counts = self.class_counts.to(labels.device)[labels.clamp_max(self.class_counts.numel() - 1)]  # (n,)
         counts = torch.where(labels < self.class_counts.numel(), counts, 0)
-        pos, neg = counts, self.num_samples - counts
-        if self.capacity is not None:
-            pos, neg = pos.clamp_max(self.capacity), neg.clamp_max(self.capacity)
-        return pos, neg
+        if self.capacity is not None:  # a queue: the expected share of C (see the class docstring)
+            return fifo_share(counts, self.num_samples, int(self.capacity))
+        return counts, self.num_samples - counts
 
     # -- random draws ----------------------------------------------------------------------
 
@@ -749,6 +816,25 @@ class CSRE(nn.Module):
             return draw_from(space, keys, k, ordered)
 
         return draw
+
+    def _check_seed_across_ranks(self, device: torch.device) -> None:
+        """DDP: all-gather (seed, generator-state checksum) once; raise on every rank if they differ.
+
+        Every rank raises at the same point (after the same collective), so no rank hangs. One host
+        synchronisation, on the first step only (and again after ``load_state_dict``).
+        """
+        state = self.generator(device).get_state().long()  # CPU uint8 bytes
+        checksum = int((state * torch.arange(1, state.numel() + 1)).sum())
+        mine = torch.tensor([self.seed, checksum], dtype=torch.long, device=device)
+        seeds, checksums = all_gather_cat(mine[None]).t().tolist()
+        if len(set(seeds)) > 1:
+            raise RuntimeError(f"CSRE seeds differ across DDP ranks (rank -> seed: {dict(enumerate(seeds))}): "
+                               "every rank must draw the same random positives / negatives; pass the same "
+                               "seed (the run seed, not a per-rank seed) to CSRE on every rank")
+        if len(set(checksums)) > 1:
+            raise RuntimeError("CSRE generator states differ across DDP ranks although the seeds agree "
+                               f"(seed {seeds[0]}): load the same checkpoint on every rank (or none)")
+        self._seed_checked = True
 
     def generator(self, device: torch.device | str) -> torch.Generator:
         """The generator of the random draws on ``device`` (created lazily, seeded with ``seed``)."""
@@ -785,6 +871,7 @@ class CSRE(nn.Module):
     def set_extra_state(self, state: dict) -> None:
         self.seed = int(state["seed"])
         self._generator = None
+        self._seed_checked = False
         self._pending_state = None if state["generator"] is None else (state["device_type"], state["generator"].clone())
 
     # -- removal and official checkpoints ----------------------------------------------------

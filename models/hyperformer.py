@@ -19,6 +19,8 @@ dilations 1 and 2, CTR-GCN's weight init).
 
 Deviations from the official code (none changes a number):
 
+* The constructor has no ``**kwargs`` (the official accepts and ignores any keyword; none of its
+  configs passes one), so a misspelt argument or gin binding fails instead of being dropped.
 * ``forward(x)`` takes only the skeletons. The official ``forward(x, y)`` takes the one-hot label
   ``y`` and returns ``(logits, y)`` untouched; the label plays no part in the computation.
 * ``graph`` is a layout name. ``'ntu'`` means **Hyperformer's own** NTU graph, whose hand tip and
@@ -172,12 +174,14 @@ class Hyperformer(Encoder):
 
     Constructor arguments are the official ``Model``'s (``graph`` a layout name, ``'ntu'`` meaning
     Hyperformer's NTU graph; ``joint_label`` empty → the layout's official partition). See the
-    module docstring for all deviations. ``**kwargs`` are accepted and ignored, like the official.
+    module docstring for all deviations. Unlike the official ``Model(..., **kwargs)``, there is no
+    catch-all: the official configs pass no other argument, and an unknown keyword (a typo such as
+    ``num_of_head``, or a stray gin binding) is an error instead of being silently ignored.
     """
 
     def __init__(self, num_class: int = 60, num_point: int = 25, num_person: int = 2, graph: str | None = "ntu",
                  graph_args: Mapping[str, Any] | None = None, in_channels: int = 3, drop_out: float = 0,
-                 num_of_heads: int = 9, joint_label: Sequence[int] = (), **kwargs: Any) -> None:
+                 num_of_heads: int = 9, joint_label: Sequence[int] = ()) -> None:
         super().__init__()
         g = build_graph(_GRAPH_ALIASES.get(graph, graph) if graph is not None else None, graph_args, num_point)
         hops = hop_distance(g.A)  # (V, V) shortest-path hop counts

@@ -2,8 +2,8 @@
 contract, the raw-joints input, the persistent-homology encoding (against ``torch_topological`` when
 it is installed, and against a plain Kruskal MST always), training on NTU and NW-UCLA shapes.
 
-Fixture tests run once per ``*.pt`` under ``$CSRE_REFERENCE_DIR/encoders`` whose ``encoder`` field is
-``blockgcn``, each built from the fixture's own ``kwargs`` (held-out cases included). The official
+Fixture tests run once per ``*.pt`` anywhere under ``$CSRE_REFERENCE_DIR/encoders`` whose ``encoder``
+field is ``blockgcn``, each built from the fixture's own ``kwargs`` (held-out cases included). The official
 forward is ``(x, y_onehot, joint)``: ``y_onehot`` is only passed through, ``joint`` is stacked after
 ``x`` as 3 extra channels, which is how :class:`models.blockgcn.BlockGCN` takes it.
 """
@@ -21,8 +21,8 @@ from models.adjacency import hop_distance, spatial_graph
 from models.blockgcn import BlockGCN, StructureElementLayer, TopologyEncoding, rips_h0_deaths
 from models.registry import encoder_class
 from tests.conftest import fixture_params, require_fixture
-from tests.models import encoder_fixture_paths, load_fixture
-from tests.models.test_encoders import EVAL_TOL, TRAIN_TOL, assert_close, state
+from tests.models import encoder_fixture_paths, load_fixture, parameters_without_gradient, perturb_parameters
+from tests.models.test_encoders import EVAL_TOL, TRAIN_TOL, compare, state
 
 FAMILY = "encoders (blockgcn)"
 FIXTURES = fixture_params(encoder_fixture_paths({"blockgcn"}), FAMILY)
@@ -102,19 +102,19 @@ def test_outputs_match_official(path: Path | None, which: str) -> None:
     x = model_input(fx)
 
     feats, logits = run(model, x, train=False)
-    assert_close(logits, ref["eval_logits"], EVAL_TOL, f"{which} eval_logits")
+    compare(logits, ref, "eval_logits", EVAL_TOL, which)
     if "eval_feature" in ref:
-        assert_close(feats, ref["eval_feature"], EVAL_TOL, f"{which} eval_feature")
+        compare(feats, ref, "eval_feature", EVAL_TOL, which)
     if "eval_feature_head" in ref:
-        assert_close(feats[:1], ref["eval_feature_head"], EVAL_TOL, f"{which} eval_feature_head")
+        compare(feats[:1], ref, "eval_feature_head", EVAL_TOL, which)
     assert not ref.get("eval_extra"), "fixture lists extras this test cannot compute"
 
     if "train_logits" in ref or "train_feature_head" in ref:
         feats, logits = run(model, x, train=True)  # BatchNorm on batch statistics
         if "train_logits" in ref:
-            assert_close(logits, ref["train_logits"], TRAIN_TOL, f"{which} train_logits")
+            compare(logits, ref, "train_logits", TRAIN_TOL, which)
         if "train_feature_head" in ref:
-            assert_close(feats[:1], ref["train_feature_head"], TRAIN_TOL, f"{which} train_feature_head")
+            compare(feats[:1], ref, "train_feature_head", TRAIN_TOL, which)
 
 
 @pytest.mark.reference
@@ -283,9 +283,12 @@ def make(shape: tuple[int, ...], graph: str, num_class: int, **kw) -> BlockGCN:
 @pytest.mark.parametrize("with_joints", [True, False], ids=["with-joints", "joints-from-x"])
 @pytest.mark.parametrize("shape_name", SHAPES)
 def test_trains_on_dataset_shapes(shape_name: str, with_joints: bool) -> None:
+    """Forward/backward on both datasets' shapes; after :func:`perturb_parameters` (constant-initialised
+    tensors made non-degenerate, as the fixtures' perturbed state) every parameter, the topology
+    branch included, gets a finite, non-zero gradient."""
     shape, graph, num_class = SHAPES[shape_name]
     torch.manual_seed(0)
-    model = make(shape, graph, num_class).train()
+    model = perturb_parameters(make(shape, graph, num_class)).train()
     x = 0.5 * torch.randn(shape)
     if with_joints:
         x = torch.cat([x - x[:, :, :, :1], x], 1)
@@ -297,9 +300,8 @@ def test_trains_on_dataset_shapes(shape_name: str, with_joints: bool) -> None:
     assert (model.num_class, model.num_person, model.out_channels) == (num_class, M, 256)
     torch.nn.functional.cross_entropy(logits, torch.arange(N) % num_class).backward()
     assert torch.isfinite(logits).all()
-    missing = [n for n, p in model.named_parameters() if p.grad is None]
-    assert not missing, f"parameters without gradient: {missing[:5]}"
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    missing = parameters_without_gradient(model)
+    assert not missing, f"parameters without a finite, non-zero gradient: {missing[:5]}"
 
 
 def test_parameter_count_and_registry() -> None:

@@ -7,7 +7,9 @@
 * Against :func:`reference_infonce` below: a slow, readable per-anchor loop (the official
   algorithm, generalised to the R / H / R+H strategies and the clamp policy), on random cases.
 * The wrapper: gradients, eval == encoder, export, checkpoint round trip, every registered
-  encoder, gin files, DDP on two gloo processes.
+  encoder, gin files, DDP on two gloo processes (including the cross-rank seed check).
+* The wrapper's own random draws (distinct, allowed, uniform), STFD's axes on a non-square map
+  (generic and HCN), FIFO banks judged by the expected queue share.
 """
 
 from __future__ import annotations
@@ -25,7 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models import registry
-from models.csre import (CSRE, STFD, VARIANTS, MemoryBank, csre_infonce, fixed_draws, random_rows)
+import models.csre as csre_module
+from models.csre import (CSRE, STFD, VARIANTS, MemoryBank, SampleSpace, csre_infonce, draw_from, fifo_share,
+                         fixed_draws, mask_space, random_keys, random_rows)
+from models.hcn import HCN
 from models.encoder import Encoder, mean_pool
 from tests.conftest import REPO, fixture_params, reference_dir, require_fixture
 
@@ -224,6 +229,81 @@ def test_stfd_keys_carry_the_official_prefix_inside_csre(path: Path | None) -> N
 
 
 # ---------------------------------------------------------------------------------------------
+# STFD axes: spatial = pooled over T' (axis 2), temporal = pooled over V (axis 3)
+
+
+def _stfd_axis_checks(std: STFD, x: Tensor, M: int) -> None:
+    """Zero-mean changes along T' leave x_s alone and move x_t; along V the other way round."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        s, t = std(x, M)
+        d = torch.randn(x.shape, generator=g) * x.abs().mean()
+        s_T, t_T = std(x + (d - d.mean(2, keepdim=True)), M)  # same mean over T'
+        s_V, t_V = std(x + (d - d.mean(3, keepdim=True)), M)  # same mean over V
+        s_pT, t_pT = std(x.flip(2), M)  # reversed in time
+        s_pV, t_pV = std(x.flip(3), M)  # V reversed
+    close = lambda a, b: torch.allclose(a, b, atol=1e-5, rtol=1e-4)  # noqa: E731
+    assert close(s_T, s) and close(s_pT, s), "the spatial branch must average over T' (axis 2) only"
+    assert close(t_V, t) and close(t_pV, t), "the temporal branch must average over V (axis 3) only"
+    assert not close(t_T, t) and not close(t_pT, t), "the temporal branch must see the T' axis"
+    assert not close(s_V, s) and not close(s_pV, s), "the spatial branch must see the V axis"
+
+
+def test_stfd_axes_on_a_non_square_map() -> None:
+    """T' = 5, V = 7: the spatial branch is a function of mean_T'(x) (C, V), the temporal of mean_V(x) (C, T')."""
+    N, M, C, T_, V = 3, 2, 16, 5, 7
+    torch.manual_seed(0)
+    std = STFD(C, V, T_, dim=12, r=4)
+    assert std.convs.in_features == 4 * V and std.convt.in_features == 4 * T_
+    x = torch.randn(N * M, C, T_, V).relu()
+    _stfd_axis_checks(std, x, M)
+    with torch.no_grad():
+        s, t = std(x, M)
+        # a map constant along T' is just its (C, V) profile for the spatial branch, channel-major flatten
+        prof_V = x.mean(2)  # (N·M, C, V)
+        hid = torch.einsum("kc,ncv->nkv", std.conv1.weight[:, :, 0], prof_V) + std.conv1.bias[:, None]
+        s_ref = (hid.flatten(1) @ std.convs.weight.t() + std.convs.bias).view(N, M, -1).mean(1)
+        assert torch.allclose(std(prof_V[:, :, None, :].expand(-1, -1, T_, -1), M)[0], s_ref, atol=1e-5)
+        prof_T = x.mean(3)  # (N·M, C, T')
+        hid = torch.einsum("kc,nct->nkt", std.conv2.weight[:, :, 0], prof_T) + std.conv2.bias[:, None]
+        t_ref = (hid.flatten(1) @ std.convt.weight.t() + std.convt.bias).view(N, M, -1).mean(1)
+        assert torch.allclose(std(prof_T[:, :, :, None].expand(-1, -1, -1, V), M)[1], t_ref, atol=1e-5)
+        assert torch.allclose(s, s_ref, atol=1e-5) and torch.allclose(t, t_ref, atol=1e-5)
+    with pytest.raises(ValueError, match="feature map"):  # the transposed map is rejected, not misread
+        std(x.transpose(2, 3), M)
+
+
+def test_hcn_feature_map_larger_than_1x1_feeds_stfd() -> None:
+    """HCN's map is (N·M, C', T/16, window/16): axis 2 (T') follows the clip length, axis 3 (the "V" of
+    STFD) the co-occurrence window. A 5 x 7 map: STFD pools time in the spatial branch, the window
+    axis in the temporal branch; a 5 x 5 map (clip = window, as HCN's head needs) trains."""
+    def hcn(window: int) -> HCN:
+        torch.manual_seed(0)
+        return HCN(in_channel=3, num_joint=25, num_person=2, out_channel=8, window_size=window, num_class=5)
+
+    labels = toy_labels(20, 5)
+    kw = dict(dim=16, r=4, K_pos=2, K_hard=4, K_rand=4)
+    model = CSRE(hcn(112), 20, labels, input_shape=(3, 80, 25, 2), **kw)
+    assert model.feature_size == (5, 7) and (model.std.num_frame, model.std.num_point) == (5, 7)
+    assert CSRE(hcn(80), 20, labels, input_shape=(3, 112, 25, 2), **kw).feature_size == (7, 5)
+    x = torch.randn(2, 3, 80, 25, 2, generator=torch.Generator().manual_seed(0))
+    model.eval()
+    with torch.no_grad():
+        fmap = model.encoder.features(x)
+    assert fmap.shape == (4, 32, 5, 7)
+    _stfd_axis_checks(model.std, fmap, 2)
+
+    model = CSRE(hcn(80), 20, labels, input_shape=(3, 80, 25, 2), **kw).train()
+    assert model.feature_size == (5, 5)
+    prefill(model, fraction=1.0)
+    index = torch.tensor([0, 1])
+    out = model(x, labels[index], index)
+    assert all(v.all() for v in out.valid.values()) and out.contrastive.item() > 0
+    (F.cross_entropy(out.logits, labels[index]) + out.contrastive).backward()
+    assert model.std.convs.weight.grad.abs().sum() > 0 and model.std.convt.weight.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------------------------
 # Against the official implementation: the loss, with the recorded random draws
 
 
@@ -383,13 +463,127 @@ def test_random_draws_are_uniform_without_replacement() -> None:
     allowed[0, [1, 3, 5, 7]] = True
     allowed[1, :] = True
     g = torch.Generator().manual_seed(0)
-    hits = torch.zeros(12)
-    for _ in range(400):
+    hits, first = torch.zeros(2, 12), torch.zeros(2, 12)
+    R = 800
+    for _ in range(R):
         rows = random_rows(allowed, 3, g)
         assert set(rows[0].tolist()) <= {1, 3, 5, 7}
         assert all(len(set(r.tolist())) == 3 for r in rows)
-        hits.index_add_(0, rows[1], torch.ones(3))
-    assert (hits / 400 - 0.25).abs().max() < 0.08  # each of 12 columns in 3/12 of the draws
+        hits.scatter_add_(1, rows, torch.ones(2, 3))
+        first.scatter_add_(1, rows[:, :1], torch.ones(2, 1))
+    assert torch.all(hits[~allowed] == 0) and torch.all(first[~allowed] == 0)
+    assert (hits[0, [1, 3, 5, 7]] / R - 0.75).abs().max() < 0.06  # 3 of the 4 allowed columns
+    assert (hits[1] / R - 0.25).abs().max() < 0.06  # each of 12 columns in 3/12 of the draws
+    # ordered draws: the first entry alone is uniform too (the clamp policy uses prefixes)
+    assert (first[0, [1, 3, 5, 7]] / R - 0.25).abs().max() < 0.06
+    assert (first[1] / R - 1 / 12).abs().max() < 0.04
+
+
+def test_draw_from_maps_a_candidate_space_to_bank_rows() -> None:
+    """A space over candidate columns (like the per-class slot table): rows come from ``to_rows``,
+    only allowed candidates, distinct, uniform; padding never; DDP key slicing = the global draw."""
+    cand = torch.tensor([[4, 9, 2, 7, 4, 4], [1, 3, 5, 8, 0, 1]])  # (n, W) candidate bank rows
+    ok = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0]], dtype=torch.bool)  # last columns: padding / unfilled
+    space = SampleSpace(6, lambda keys: keys.masked_fill_(~ok, -math.inf), lambda cols: cand.gather(1, cols))
+    g = torch.Generator().manual_seed(1)
+    R, hits = 1000, torch.zeros(2, 10)
+    for _ in range(R):
+        rows = draw_from(space, random_keys(2, 6, g), 2)
+        assert all(len(set(r.tolist())) == 2 for r in rows)
+        hits.scatter_add_(1, rows, torch.ones(2, 2))
+    allowed_rows = torch.zeros(2, 10, dtype=torch.bool)
+    allowed_rows[0, [4, 9, 2]] = allowed_rows[1, [1, 3, 5, 8, 0]] = True
+    assert torch.all(hits[~allowed_rows] == 0)
+    assert (hits[0, [4, 9, 2]] / R - 2 / 3).abs().max() < 0.06
+    assert (hits[1, [1, 3, 5, 8, 0]] / R - 2 / 5).abs().max() < 0.06
+    # under DDP a rank draws the global batch's keys and keeps its rows
+    local = random_keys(2, 7, torch.Generator().manual_seed(3), total_rows=6, row_offset=2)
+    assert torch.equal(local, random_keys(6, 7, torch.Generator().manual_seed(3))[2:4])
+    # mask_space = "allowed columns of all bank rows"; keys restricted in place
+    allowed = torch.tensor([[True, False, True]])
+    keys = torch.rand(1, 3)
+    space = mask_space(allowed)
+    assert space.width == 3 and space.restrict(keys) is keys and keys[0, 1] == -math.inf
+
+
+def _fill_fifo(model: CSRE, seed: int = 1) -> None:
+    """Fill every FIFO queue completely with random unit vectors and random labels."""
+    g = torch.Generator().manual_seed(seed)
+    num_class = int(model.class_counts.numel())
+    for bank in model.banks.values():
+        S, d = bank.features.shape
+        bank.features.copy_(F.normalize(torch.randn(S, d, generator=g), dim=1))
+        bank.labels.copy_(torch.randint(0, num_class, (S,), generator=g))
+        bank.filled.fill_(True)
+
+
+def _spy_draws(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """Patch ``csre_infonce`` as CSRE calls it: record every draw of the wrapper's own ``draw``."""
+    calls: list[dict] = []
+    real = csre_module.csre_infonce
+
+    def spy(z, bank, bank_labels, bank_filled, labels, **kw):
+        draw, recorded = kw["draw"], []
+
+        def recording(kind: str, k: int, space: SampleSpace) -> Tensor:
+            rows = draw(kind, k, space)
+            recorded.append((kind, k, space, rows.clone()))
+            return rows
+
+        res = real(z, bank, bank_labels, bank_filled, labels, **{**kw, "draw": recording})
+        calls.append(dict(draw=draw, recorded=recorded, bank_labels=bank_labels.clone(),
+                          filled=bank_filled.bool().clone(), labels=labels.clone(), valid=res.valid.clone()))
+        return res
+
+    monkeypatch.setattr(csre_module, "csre_infonce", spy)
+    return calls
+
+
+def _allowed(call: dict, kind: str) -> Tensor:
+    """(n, S) bank rows a random set may contain: filled, same class (pos) or another class (neg)."""
+    same = call["bank_labels"][None, :] == call["labels"][:, None]
+    return call["filled"][None, :] & (same if kind == "pos" else ~same)
+
+
+@pytest.mark.parametrize("capacity", [None, 30], ids=["full", "fifo"])
+def test_wrapper_draws_distinct_allowed_rows_uniformly(monkeypatch: pytest.MonkeyPatch, capacity: int | None) -> None:
+    """CSRE's own draws (no injection): random positives (pos 'R') and negatives of every valid anchor
+    are distinct, filled and of the right class; repeated draws cover the allowed rows uniformly."""
+    calls = _spy_draws(monkeypatch)
+    model = tiny_csre(pos_strategy="R", neg_strategy="R+H", capacity=capacity).train()
+    prefill(model, fraction=0.7) if capacity is None else _fill_fifo(model)
+    x, y, idx = toy_batch()
+    model(x, y, idx if capacity is None else None)
+    assert [len(c["recorded"]) for c in calls] == [2, 2]  # per branch s, t: one pos and one neg draw
+    R = 1500
+    for call in calls:
+        valid = call["valid"]
+        assert valid.sum() >= 4, "too few valid anchors to check the draws"
+        for kind, k, space, rows in call["recorded"]:
+            assert rows.shape == (6, k)
+            allowed = _allowed(call, kind)
+            rows = rows[valid]
+            assert torch.all(rows.sort(1).values.diff(1) != 0), f"{kind}: repeated rows"
+            assert torch.all(allowed[valid].gather(1, rows)), f"{kind}: unfilled or wrong-class rows"
+            # the same draw again and again: disallowed rows never, allowed ones with frequency k / #allowed
+            hits = torch.zeros(allowed.shape)
+            for _ in range(R):
+                again = call["draw"](kind, k, space)
+                hits.scatter_add_(1, again, torch.ones(again.shape))
+            hits, allowed = hits[valid], allowed[valid]
+            assert torch.all(hits[~allowed] == 0), f"{kind}: disallowed rows drawn"
+            expected = (k / allowed.sum(1, keepdim=True)).expand_as(hits)
+            assert (hits / R - expected)[allowed].abs().max() < 0.06, f"{kind}: not uniform"
+    # the draws come from CSRE's generator, seeded with ``seed``
+    first = [r for c in calls for *_, r in c["recorded"]]
+    for seed, same in ((0, True), (5, False)):
+        calls.clear()
+        other = tiny_csre(pos_strategy="R", neg_strategy="R+H", capacity=capacity, seed=0).train()
+        other.seed = seed  # same weights, other draws
+        prefill(other, fraction=0.7) if capacity is None else _fill_fifo(other)
+        other(x, y, idx if capacity is None else None)
+        rows = [r for c in calls for *_, r in c["recorded"]]
+        assert all(torch.equal(a, b) for a, b in zip(first, rows)) == same
 
 
 def test_gate_edge_cases() -> None:
@@ -496,6 +690,64 @@ def test_fifo_csre_trains() -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Small or repeated datasets
+
+
+FIFO_LABELS = torch.tensor([0] * 6 + [1] * 18 + [2] * 18 + [3] * 18)  # 60 samples, class 0: share 1/10
+
+
+def _fifo_csre(capacity: int, labels: Tensor = FIFO_LABELS, **kw) -> CSRE:
+    kw = {"dim": 8, "r": 2, "K_pos": 3, "K_hard": 6, "K_rand": 6, "tau": 0.5, **kw}
+    torch.manual_seed(0)
+    return CSRE(TinyEncoder(), labels.numel(), labels, feature_size=(4, 5), capacity=capacity, **kw)
+
+
+def test_fifo_small_classes_error_counts_the_expected_queue_share() -> None:
+    """A queue of C slots holds about p_c*C of class c, not count_c: 'error' judges the queue."""
+    _fifo_csre(None)  # one slot per index: class 0 has 6 >= K_pos = 3 samples, fine
+    # C = 20: class 0 expects 6/60*20 = 2 < 3 positives; the smallest capacity that works is 30
+    with pytest.raises(ValueError, match=r"capacity 20: classes \[0\].*expected positives \[2\.0\].*"
+                                         r"capacity >= 30.*K_pos.*'skip'.*'clamp'"):
+        _fifo_csre(20)
+    with pytest.raises(ValueError, match=r"classes \[0\].*capacity >= 30"):
+        _fifo_csre(29)  # 2.9 expected
+    assert _fifo_csre(30).banks["s"].size == 30  # exactly 3.0 expected
+    for policy in ("skip", "clamp"):
+        _fifo_csre(20, small_classes=policy)
+    # the negative side: a dominant class leaves too few negatives in the queue
+    dominant = torch.tensor([0] * 50 + [1] * 10)
+    _fifo_csre(None, dominant, K_hard=5, K_rand=5)  # 10 negatives among the indices: fine
+    with pytest.raises(ValueError, match=r"classes \[0\].*expected negatives \[3\.3\].*capacity >= 30"):
+        _fifo_csre(20, dominant, K_hard=5, K_rand=5)  # class 0 expects 20 * 10/60 = 3.3 < 5 negatives
+    _fifo_csre(30, dominant, K_hard=5, K_rand=5)
+    with pytest.raises(ValueError, match="no negatives at any capacity"):
+        _fifo_csre(20, torch.zeros(10, dtype=torch.long), K_hard=2, K_rand=2)
+    assert [t.tolist() for t in fifo_share(torch.tensor([6, 18, 0]), 60, 20)] == [[2, 6, 0], [18, 14, 20]]
+
+
+@pytest.mark.parametrize("policy", ["clamp", "skip"])
+def test_fifo_clamp_uses_the_expected_queue_share(policy: str) -> None:
+    """Under 'clamp' a FIFO anchor of class c uses min(K, floor(p_c*C)) positives (here 2 of K_pos = 3),
+    not min(K, count_c) = 3, which the queue would hardly ever hold; 'skip' gates it out."""
+    model = _fifo_csre(20, small_classes=policy, neg_strategy="H").train()
+    # queue after the write: the 4 anchors in slots 0..3, then one more class-0 sample and 5 of each other class
+    rest = torch.tensor([0] + [1] * 5 + [2] * 5 + [3] * 5)
+    g = torch.Generator().manual_seed(0)
+    for bank in model.banks.values():
+        bank.features.copy_(F.normalize(torch.randn(20, 8, generator=g), dim=1))
+        bank.labels[4:] = rest
+        bank.filled.fill_(True)
+    labels = torch.tensor([0, 1, 2, 3])
+    feats = {b: torch.randn(4, 8, generator=g).requires_grad_() for b in "st"}
+    terms, valid = model.contrast(feats, labels, None)
+    assert valid["s"].tolist() == [policy == "clamp", True, True, True]
+    bank = model.banks["s"]
+    assert torch.equal(bank.labels, torch.cat([labels, rest])) and int(bank.ptr) == 4
+    available = (torch.tensor([2, 6, 6, 6]), torch.tensor([18, 14, 14, 14])) if policy == "clamp" else None
+    z = F.normalize(feats["s"], dim=1)
+    ref, ref_valid = reference_infonce(z, bank.features, bank.labels, bank.filled, labels, K_pos=3, K_hard=6,
+                                       K_rand=6, tau=0.5, pos_strategy="H", neg_strategy="H", available=available)
+    assert ref_valid == valid["s"].tolist()
+    assert abs(terms["s"].item() - ref.item()) <= 1e-5 * max(1.0, ref.item())
 
 
 def test_small_classes_raise_by_default_with_advice() -> None:
@@ -837,6 +1089,22 @@ def _run_steps(model: nn.Module, batches, rank: int = 0, world: int = 1) -> dict
     return record
 
 
+def _ddp_seed_mismatches(rank: int) -> dict[str, str]:
+    """A per-rank seed, then equal seeds with rank 1's generator advanced: the first step must raise."""
+    errors = {}
+    x, y, idx = _ddp_batches()[0]
+    for case in ("seed", "state"):
+        model = tiny_csre(DDP_S, DDP_CLASSES, pos_strategy="R", neg_strategy="R",
+                          seed=7 + rank if case == "seed" else 7).train()
+        if case == "state" and rank == 1:
+            torch.rand(1, generator=model.generator("cpu"))  # e.g. a rank resumed from another checkpoint
+        try:
+            model(x[:4], y[:4], idx[:4])
+        except RuntimeError as e:
+            errors[case] = str(e)
+    return errors
+
+
 def _ddp_worker(rank: int, world: int, store: str, out_dir: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
@@ -846,6 +1114,8 @@ def _ddp_worker(rank: int, world: int, store: str, out_dir: str) -> None:
         model = DistributedDataParallel(_ddp_model())
         record = _run_steps(model, _ddp_batches(), rank, world)
         record["grads"] = [{k.removeprefix("module."): v for k, v in g.items()} for g in record["grads"]]
+        record["seed_checked"] = model.module._seed_checked
+        record["errors"] = _ddp_seed_mismatches(rank)
         torch.save(record, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -873,3 +1143,8 @@ def test_ddp_two_ranks_equal_single_process(tmp_path: Path) -> None:
         for name, g in single["grads"][step].items():  # DDP-averaged gradients = the global batch's
             assert torch.allclose(ranks[0]["grads"][step][name], g, atol=1e-6), name
     assert single["contrastive"][1].item() > 0
+    # the seeds were compared once (equal here); a per-rank seed or generator state raises on every rank
+    for r in ranks:
+        assert r["seed_checked"]
+        assert "seeds differ across DDP ranks" in r["errors"].get("seed", "") and "{0: 7, 1: 8}" in r["errors"]["seed"]
+        assert "generator states differ" in r["errors"].get("state", "")

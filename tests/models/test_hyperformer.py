@@ -1,8 +1,8 @@
 """Hyperformer: official state_dict layout, outputs equal to the reference fixtures, the features/head
 contract, hop distances and body-part partitions, training on NTU and NW-UCLA shapes.
 
-Fixture tests run once per ``*.pt`` under ``$CSRE_REFERENCE_DIR/encoders`` whose ``encoder`` field is
-``hyperformer``, each built from the fixture's own ``kwargs`` (held-out cases included). The official
+Fixture tests run once per ``*.pt`` anywhere under ``$CSRE_REFERENCE_DIR/encoders`` whose ``encoder``
+field is ``hyperformer``, each built from the fixture's own ``kwargs`` (held-out cases included). The official
 forward also takes the one-hot label (``input_names == ['x', 'y_onehot']``); it is only passed
 through, so only ``x`` is fed here.
 """
@@ -20,7 +20,7 @@ from models.hyperformer import DEFAULT_JOINT_LABELS, Hyperformer
 from models.registry import encoder_class
 from tests.conftest import fixture_params, require_fixture
 from tests.models import encoder_fixture_paths, load_fixture
-from tests.models.test_encoders import EVAL_TOL, TRAIN_TOL, assert_close, state
+from tests.models.test_encoders import EVAL_TOL, TRAIN_TOL, compare, state
 
 FAMILY = "encoders (hyperformer)"
 FIXTURES = fixture_params(encoder_fixture_paths({"hyperformer"}), FAMILY)
@@ -99,19 +99,19 @@ def test_outputs_match_official(path: Path | None, which: str) -> None:
     x = model_input(fx)
 
     feats, logits = run(model, x, train=False)
-    assert_close(logits, ref["eval_logits"], EVAL_TOL, f"{which} eval_logits")
+    compare(logits, ref, "eval_logits", EVAL_TOL, which)
     if "eval_feature" in ref:
-        assert_close(feats, ref["eval_feature"], EVAL_TOL, f"{which} eval_feature")
+        compare(feats, ref, "eval_feature", EVAL_TOL, which)
     if "eval_feature_head" in ref:
-        assert_close(feats[:1], ref["eval_feature_head"], EVAL_TOL, f"{which} eval_feature_head")
+        compare(feats[:1], ref, "eval_feature_head", EVAL_TOL, which)
     assert not ref.get("eval_extra"), "Hyperformer has no extra outputs (y is only passed through)"
 
     if "train_logits" in ref or "train_feature_head" in ref:
         feats, logits = run(model, x, train=True)  # BatchNorm on batch statistics
         if "train_logits" in ref:
-            assert_close(logits, ref["train_logits"], TRAIN_TOL, f"{which} train_logits")
+            compare(logits, ref, "train_logits", TRAIN_TOL, which)
         if "train_feature_head" in ref:
-            assert_close(feats[:1], ref["train_feature_head"], TRAIN_TOL, f"{which} train_feature_head")
+            compare(feats[:1], ref, "train_feature_head", TRAIN_TOL, which)
 
 
 @pytest.mark.reference
@@ -223,6 +223,14 @@ def test_body_part_embedding_is_the_projected_part_mean() -> None:
 def test_arguments_are_validated(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Hyperformer(**kwargs)
+
+
+def test_unknown_keywords_are_rejected() -> None:
+    """No catch-all ``**kwargs`` (the official has one): a typo is an error, not silently ignored."""
+    with pytest.raises(TypeError, match="num_of_head"):
+        Hyperformer(num_of_head=3)
+    with pytest.raises(TypeError, match="foo"):
+        Hyperformer(foo=1)
 
 
 def test_registered() -> None:

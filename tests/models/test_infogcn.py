@@ -2,8 +2,8 @@
 fixtures, the features/head contract, the joint-mixing matrix A_vector, the latent head, training on
 NTU and NW-UCLA shapes.
 
-Fixture tests run once per ``*.pt`` under ``$CSRE_REFERENCE_DIR/encoders`` whose ``encoder`` field is
-``infogcn``, each built from the fixture's own ``kwargs`` (held-out cases included).
+Fixture tests run once per ``*.pt`` anywhere under ``$CSRE_REFERENCE_DIR/encoders`` whose ``encoder``
+field is ``infogcn``, each built from the fixture's own ``kwargs`` (held-out cases included).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from models.infogcn import InfoGCN, InfoGCNTemporalConv
 from models.registry import encoder_class
 from tests.conftest import fixture_params, require_fixture
 from tests.models import encoder_fixture_paths, load_fixture
-from tests.models.test_encoders import EVAL_TOL, TRAIN_TOL, assert_close, state
+from tests.models.test_encoders import EVAL_TOL, TRAIN_TOL, assert_close, compare, state
 
 FAMILY = "encoders (infogcn)"
 FIXTURES = fixture_params(encoder_fixture_paths({"infogcn"}), FAMILY)
@@ -96,11 +96,11 @@ def test_outputs_match_official(path: Path | None, which: str) -> None:
     x = model_input(fx)
 
     feats, logits, z = run(model, x, train=False)
-    assert_close(logits, ref["eval_logits"], EVAL_TOL, f"{which} eval_logits")
+    compare(logits, ref, "eval_logits", EVAL_TOL, which)
     if "eval_feature" in ref:
-        assert_close(feats, ref["eval_feature"], EVAL_TOL, f"{which} eval_feature")
+        compare(feats, ref, "eval_feature", EVAL_TOL, which)
     if "eval_feature_head" in ref:
-        assert_close(feats[:1], ref["eval_feature_head"], EVAL_TOL, f"{which} eval_feature_head")
+        compare(feats[:1], ref, "eval_feature_head", EVAL_TOL, which)
     extras = ref.get("eval_extra", {})
     assert set(extras) <= {"z"}, f"fixture lists extras this test cannot compute: {sorted(extras)}"
     if "z" in extras:
@@ -110,9 +110,9 @@ def test_outputs_match_official(path: Path | None, which: str) -> None:
         torch.manual_seed(fx["seed"])  # train logits depend on the latent noise (global RNG)
         feats, logits, _ = run(model, x, train=True)  # BatchNorm on batch statistics
         if "train_logits" in ref:
-            assert_close(logits, ref["train_logits"], TRAIN_TOL, f"{which} train_logits")
+            compare(logits, ref, "train_logits", TRAIN_TOL, which)
         if "train_feature_head" in ref:
-            assert_close(feats[:1], ref["train_feature_head"], TRAIN_TOL, f"{which} train_feature_head")
+            compare(feats[:1], ref, "train_feature_head", TRAIN_TOL, which)
 
 
 @pytest.mark.reference
