@@ -7,6 +7,8 @@ installed once by ``scripts/setup.sh`` and never per session. Everything is invo
     nox                 # = nox -s tests
     nox -s tests -- -k feeder -x
     nox -s demo         # the README's main job on the bundled NW-UCLA data
+    nox -s ucla -- --profile quick --encoders ctrgcn --streams joint,bone --seeds 2
+    nox -t paper        # every benchmark matrix (Tables 1-3), paper profile: needs GPUs and NTU
 """
 
 from __future__ import annotations
@@ -35,11 +37,34 @@ def tests(session: nox.Session) -> None:
     session.run(PY, "-m", "pytest", "-q", *session.posargs)
 
 
+def _matrix(session: nox.Session, benchmark: str, *extra: str) -> None:
+    """``python -m harness matrix <benchmark>`` with the session's options (``-- --profile quick ...``)."""
+    session.run(PY, "-m", "harness", "matrix", benchmark, *extra, *session.posargs)
+
+
+def _benchmark_session(benchmark: str, table: str) -> None:
+    def session_fn(session: nox.Session) -> None:
+        _matrix(session, benchmark)
+
+    session_fn.__doc__ = (f"{table}: {benchmark}, encoders x streams x CSRE on/off x seeds, 2S/4S ensembles, "
+                          f"paper check. Options after --: --profile paper|quick|ci --seeds N --encoders a,b "
+                          f"--streams joint,bone --csre both|on|off")
+    session_fn.__name__ = benchmark
+    nox.session(name=benchmark, tags=["paper"])(session_fn)
+
+
+for _benchmark, _table in (("ntu60_xsub", "Table 1"), ("ntu60_xview", "Table 1"), ("ntu120_xsub", "Table 2"),
+                           ("ntu120_xset", "Table 2"), ("ucla", "Table 3")):
+    _benchmark_session(_benchmark, _table)
+
+
 @nox.session
 def demo(session: nox.Session) -> None:
-    """Main job: build the NW-UCLA HDF5 from the bundled real data with DVC and summarise it."""
+    """Main job: build the NW-UCLA HDF5 with DVC, train CTR-GCN with and without CSRE (quick profile)."""
     session.run(PY, "-m", "dvc", "repro", "ucla")
     session.run(PY, "-m", "harness", "summary", "data/h5/ucla.h5")
+    session.run(PY, "-m", "harness", "matrix", "ucla", "--profile", "quick", "--encoders", "ctrgcn",
+                "--streams", "joint", "--seeds", "1", *session.posargs)
 
 
 @nox.session(venv_backend="venv", default=False)

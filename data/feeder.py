@@ -44,6 +44,9 @@ from models.graph import Layout, layout_for
 
 MODALITIES = ("joint", "bone", "joint_motion", "bone_motion")
 DEFAULT_WINDOW = {"ntu": 64, "ucla": 52}
+# Persons M per layout, as data/ntu.py and data/ucla.py write them (the official feeders' M); a file
+# with another M would silently feed a model built for the wrong number of persons.
+NUM_PERSONS = {"ntu": 2, "ucla": 1}
 NTU_P_INTERVAL = {"train": (0.5, 1.0), "test": (0.95,)}
 NTU_RANDOM_ROT = 0.3  # radians, official train setting
 NTU_MIN_CROP = 64  # official lower bound of the random crop length (hard-coded in tools.py)
@@ -299,6 +302,10 @@ class SkeletonFeeder(Dataset):
             raise h5.H5FormatError(f"{index.path}: {e} (x shape {index.shape})") from e
         if c != 3:
             raise h5.H5FormatError(f"{index.path}: x has C={c} coordinates, expected 3 (shape {index.shape})")
+        if m != NUM_PERSONS[layout.name]:
+            raise h5.H5FormatError(f"{index.path}: x has M={m} persons, but {layout.name} dataset files have "
+                                   f"M={NUM_PERSONS[layout.name]} (shape {index.shape}, dataset "
+                                   f"{index.attrs.get('dataset')!r})")
         return layout
 
     def _set_ntu_params(self, p_interval: Sequence[float] | None, random_rot: float | None) -> None:

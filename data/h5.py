@@ -18,14 +18,21 @@ per pipeline parameter (``param.<name>``), JSON-encoded. No timestamps are writt
 rebuilding from the same inputs gives a byte-identical file (h5py's default
 ``track_times=False``), and DVC does not retrain on a no-op rebuild.
 
-Files are written to a temporary name beside the target and renamed into place only when
-complete: an interrupted or failed build leaves no partial output.
+Files are written to a temporary name beside the target (``.<name>.tmp<pid>``), flushed to disk
+(``fsync``) and renamed into place only when complete: a failed build, or one stopped by SIGTERM
+(``kill``, DVC, a job scheduler), removes its temporary file and leaves ``path`` untouched. A
+temporary file of the same target left by a process that no longer runs (one killed with SIGKILL,
+or a crash of the machine) is removed, with a log message, by the next build of that target.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import signal
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,9 +53,15 @@ META_ARRAYS: dict[str, Any] = {
 NAME_DTYPE = "S32"
 COMPRESSIONS = (None, "lzf")
 
+log = logging.getLogger(__name__)
+
 
 class H5FormatError(ValueError):
     """A dataset file is missing, unreadable or not in the layout described in this module."""
+
+
+class Terminated(SystemExit):
+    """SIGTERM arrived while :func:`create` was writing; the exit status is 128 + SIGTERM (143)."""
 
 
 class Writer:
@@ -114,37 +127,141 @@ class Writer:
                 sub.create_dataset(part, data=self._splits[split][part])
 
 
+def _temp_name(path: Path, pid: int) -> Path:
+    return path.with_name(f".{path.name}.tmp{pid}")
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` may still run here (True when in doubt: its file is then kept)."""
+    if pid <= 0 or os.name == "nt":  # on Windows os.kill(pid, 0) would terminate the process
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, OverflowError):
+        return True  # exists (PermissionError: another user's), or cannot tell
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files of ``path`` left by processes that no longer run; return them.
+
+    Only names of the form ``.<name>.tmp<pid>`` beside ``path`` are considered, and only when no
+    process ``pid`` exists on this machine, so a build still running here keeps its file. (Process
+    ids are those of this machine: two machines building the same target into one shared folder
+    at the same time are not supported.)
+    """
+    path = Path(path)
+    pattern = re.compile(re.escape(f".{path.name}.tmp") + r"(\d+)")
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    for candidate in sorted(path.parent.iterdir()):
+        m = pattern.fullmatch(candidate.name)
+        if not m or int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))):
+            continue
+        try:
+            candidate.unlink()
+        except FileNotFoundError:  # another build removed it first
+            continue
+        log.warning("removed %s, a partial build of %s left by process %s, which no longer runs",
+                    candidate, path, m.group(1))
+        removed.append(candidate)
+    return removed
+
+
+def _fsync(path: Path, directory: bool = False) -> None:
+    """Flush ``path`` (a file, or a directory entry list) to disk. Directories: POSIX only."""
+    try:
+        fd = os.open(path, os.O_RDONLY if directory else os.O_RDWR)
+    except OSError:
+        if directory:  # e.g. Windows cannot open a directory; the rename is still atomic
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:
+            raise
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _raise_on_sigterm(what: Path) -> Iterator[None]:
+    """Turn SIGTERM into :class:`Terminated` while the block runs, so that cleanup code runs.
+
+    Only in the main thread (the only one where Python can install handlers) and only while
+    SIGTERM has its default action: a program that installed its own handler, or ignores SIGTERM,
+    keeps its choice. A second SIGTERM during the cleanup is ignored; the previous handler is
+    restored on the way out.
+    """
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    owner = os.getpid()
+    fired = []
+
+    def handler(signum, frame):
+        if os.getpid() != owner:  # a forked child inherited this handler: die as by default
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        if fired:
+            return
+        fired.append(signum)
+        log.warning("SIGTERM while writing %s: removing the partial file and exiting", what)
+        raise Terminated(128 + signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextmanager
 def create(path: str | os.PathLike, *, dataset: str, num_samples: int, sample_shape: tuple,
            dtype="float32", pipeline_version: str, params: dict | None = None,
            compression: str | None = None) -> Iterator[Writer]:
     """Open ``path`` for writing through a temporary file; rename it into place on success.
 
-    On any exception the temporary file is removed and ``path`` is left untouched.
+    On any exception, and on SIGTERM (raised as :class:`Terminated` in the main thread while the
+    block runs), the temporary file is removed and ``path`` is left untouched. The complete file is
+    fsync'ed before the rename. Temporary files of ``path`` left by dead processes are removed
+    first (:func:`remove_stale_temporaries`).
     """
     if compression not in COMPRESSIONS:
         raise ValueError(f"compression must be one of {COMPRESSIONS}, got {compression!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    f = h5py.File(tmp, "w")
-    try:
-        f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["dataset"] = dataset
-        f.attrs["pipeline_version"] = pipeline_version
-        for key, value in sorted((params or {}).items()):
-            f.attrs[f"param.{key}"] = json.dumps(value, sort_keys=True)
-        f.create_dataset("x", shape=(num_samples, *sample_shape), dtype=dtype,
-                         chunks=(1, *sample_shape), compression=compression)
-        writer = Writer(f, path, num_samples, sample_shape, dtype)
-        yield writer
-        writer._finish()
-        f.close()
-        os.replace(tmp, path)
-    except BaseException:
-        f.close()
-        tmp.unlink(missing_ok=True)
-        raise
+    remove_stale_temporaries(path)
+    tmp = _temp_name(path, os.getpid())
+    with _raise_on_sigterm(path):
+        f = None
+        try:
+            f = h5py.File(tmp, "w")
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["dataset"] = dataset
+            f.attrs["pipeline_version"] = pipeline_version
+            for key, value in sorted((params or {}).items()):
+                f.attrs[f"param.{key}"] = json.dumps(value, sort_keys=True)
+            f.create_dataset("x", shape=(num_samples, *sample_shape), dtype=dtype,
+                             chunks=(1, *sample_shape), compression=compression)
+            writer = Writer(f, path, num_samples, sample_shape, dtype)
+            yield writer
+            writer._finish()
+            f.close()
+            _fsync(tmp)
+            os.replace(tmp, path)
+            _fsync(path.parent, directory=True)
+        except BaseException:
+            if f is not None:
+                f.close()
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 @dataclass

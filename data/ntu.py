@@ -79,9 +79,9 @@ are rejected with a :class:`SkeletonFormatError` naming the file and line (the s
 misread some of them), and a non-finite x, y or z is rejected. The other 9 numbers of a joint line
 (depth/colour coordinates, orientation, tracking state) must be present and look like numbers but
 may be non-finite, because Kinect's coordinate mapper writes -inf for points it cannot map and the
-pipeline never uses them. For speed, a block in Kinect's canonical layout (single spaces, number
-characters only) has those 9 fields checked by count and character set (plus the 12th field
-parsed); any other layout gets every field's syntax checked.
+pipeline never uses them. Every field of every joint line is syntax-checked: on the fast path by
+one bulk NumPy parse of all 12 columns (Kinect's canonical single-space layout), otherwise token by
+token, which also names the first bad line and field.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ import re
 from collections import deque
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
-from itertools import chain, islice, repeat
+from itertools import chain, islice
 from pathlib import Path
 from typing import Iterable, Iterator, Literal, NamedTuple, Sequence
 
@@ -324,39 +324,39 @@ def _explain_joint_lines(cursor: _Lines, starts: list[int]) -> SkeletonFormatErr
     return None
 
 
-_KEEP_NOTHING_NUMERIC = str.maketrans("", "", "0123456789.+-eE \n")
+def _load_joint_lines(block_lines: list[str], delimiter: str | None) -> np.ndarray | None:
+    """All 12 numbers of every joint line as float64, or None where NumPy refuses the text.
 
-
-def _canonical_joint_text(block_lines: list[str]) -> bool:
-    """Cheap whole-block check that every joint line has exactly 11 spaces and only number
-    characters, as Kinect writes them; anything else goes to the careful slow path. With the bulk
-    parse requiring a 12th column, 11 spaces mean exactly 12 tokens per line."""
-    return (set(map(str.count, block_lines, repeat(" "))) == {JOINT_FIELDS - 1}
-            and not "".join(block_lines).translate(_KEEP_NOTHING_NUMERIC))
+    NumPy's text-to-float conversion accepts exactly what ``_NUMBER`` describes (plus surrounding
+    whitespace inside a field), so a successful bulk parse of every column is a full syntax check.
+    """
+    try:
+        values = np.loadtxt(block_lines, dtype=np.float64, comments=None, delimiter=delimiter, ndmin=2)
+    except ValueError:
+        return None
+    return values if values.shape == (len(block_lines), JOINT_FIELDS) else None
 
 
 def _parse_joint_blocks(cursor: _Lines, starts: list[int]) -> np.ndarray:
     """All joint blocks as (n_blocks, 25, 3) float32 x, y, z.
 
-    Every joint line must hold 12 numbers. x, y, z are fully parsed (decimal -> float64 ->
-    float32, as NumPy parses the official scripts' strings) and must be finite; of the 9 unused
-    fields the fast path checks the count, the characters and the last field's syntax (the slow
-    path, taken when the block is not in Kinect's canonical layout, checks every field's syntax).
+    Every joint line must hold 12 numbers, each of them syntactically a number (also the 9 the
+    pipeline never uses). x, y, z are parsed decimal -> float64 -> float32 (as NumPy parses the
+    official scripts' strings) and must be finite. Fast path: one bulk parse of every field of
+    every line, split at single spaces (Kinect's canonical layout); a block it refuses (other
+    whitespace, or an error) is checked token by token, which explains the first bad field, and
+    is otherwise parsed split at any whitespace like the official reader.
     """
     block_lines = list(chain.from_iterable(cursor.lines[s:s + NUM_JOINTS] for s in starts))
-    if not _canonical_joint_text(block_lines):
+    values = _load_joint_lines(block_lines, " ")
+    if values is None:
         problem = _explain_joint_lines(cursor, starts)
         if problem:
             raise problem
-    try:
-        # column 12 is parsed only to require it: a line with fewer tokens fails here
-        values = np.loadtxt(block_lines, dtype=np.float64, comments=None, usecols=(0, 1, 2, 11), ndmin=2)
-    except ValueError as e:  # explained by the slow path (e.g. 11 tokens, or a bad x, y, z)
-        raise (_explain_joint_lines(cursor, starts)
-               or SkeletonFormatError(f"{cursor.where}: unreadable joint lines ({e})")) from None
-    if values.shape != (len(block_lines), 4):
-        raise SkeletonFormatError(f"{cursor.where}: joint lines parsed to {values.shape}, "
-                                  f"expected {(len(block_lines), 4)}")
+        values = _load_joint_lines(block_lines, None)
+        if values is None:  # unreachable while NumPy accepts what _NUMBER_RE does
+            raise SkeletonFormatError(f"{cursor.where}: joint lines that NumPy cannot parse although "
+                                      f"every field looks like a number")
     with np.errstate(over="ignore"):  # out-of-range values become inf and are rejected below
         xyz = values[:, :3].astype(np.float32)
     finite = np.isfinite(xyz)
@@ -496,9 +496,14 @@ def _assign_actors(ordered: list[Body], n_frames: int, name: str, report: Denois
     return out
 
 
+def _where(skeleton: Skeleton) -> str:
+    """How errors name a sample: its file path (its name when parsed from memory)."""
+    return skeleton.path or skeleton.name
+
+
 def denoise(skeleton: Skeleton, params: DenoiseParams = DenoiseParams()) -> Denoised:
     """The official ``get_raw_denoised_data`` for one parsed file (quirks 5-16)."""
-    name, n_frames = skeleton.name, skeleton.n_frames
+    name, n_frames = _where(skeleton), skeleton.n_frames
     if len(skeleton.bodies) == 1:
         return Denoised(joints=_one_actor(skeleton.bodies[0], n_frames, name))
     motion = {b.body_id: body_motion(b.joints) for b in skeleton.bodies}
@@ -522,7 +527,10 @@ def denoise(skeleton: Skeleton, params: DenoiseParams = DenoiseParams()) -> Deno
 # --------------------------------------------------------------------------- transformation
 
 def translate(joints: np.ndarray, params: DenoiseParams = DenoiseParams(), name: str = "") -> np.ndarray:
-    """The official ``seq_translation`` (quirks 17-18) on a (T, 75 | 150) sequence; returns a copy."""
+    """The official ``seq_translation`` (quirks 17-18) on a (T, 75 | 150) sequence; returns a copy.
+
+    ``name`` (the sample's file path, as :func:`process_skeleton` passes it) starts error messages.
+    """
     two = joints.shape[1] == 150
     if two:
         missing1 = joints[:, :75].sum(axis=1) == 0
@@ -541,7 +549,8 @@ def translate(joints: np.ndarray, params: DenoiseParams = DenoiseParams(), name:
 
 
 def pad(joints: np.ndarray, variant: Variant, params: DenoiseParams = DenoiseParams(), name: str = "") -> np.ndarray:
-    """The official ``align_frames`` (quirk 20): zero rows up to (max_frames, 150)."""
+    """The official ``align_frames`` (quirk 20): zero rows up to (max_frames, 150). ``name``: as in
+    :func:`translate`."""
     _check_variant(variant)
     t = joints.shape[0]
     if t > params.max_frames:
@@ -613,7 +622,8 @@ class Processed(NamedTuple):
 def process_skeleton(skeleton: Skeleton, variant: Variant, params: DenoiseParams = DenoiseParams()) -> Processed:
     """Denoise, translate and pad one parsed file."""
     den = denoise(skeleton, params)
-    final = pad(translate(den.joints, params, skeleton.name), variant, params, skeleton.name)
+    where = _where(skeleton)
+    final = pad(translate(den.joints, params, where), variant, params, where)
     return Processed(to_ctvm(final), int(den.joints.shape[0]), SampleReport(skeleton, den, final))
 
 

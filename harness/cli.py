@@ -172,6 +172,22 @@ VERBS["ensemble"] = ("combine the streams of finished runs into 2S and 4S ensemb
                      _configure_ensemble, _run_ensemble)
 
 
+# --------------------------------------------------------------------------- matrix
+
+def _configure_matrix(p: argparse.ArgumentParser) -> None:
+    from harness.matrix import configure_parser
+    configure_parser(p)
+
+
+def _run_matrix(args: argparse.Namespace) -> int:
+    from harness.matrix import run
+    return run(args)
+
+
+VERBS["matrix"] = ("run a benchmark's cells (encoders x streams x CSRE on/off x seeds) resumably, then ensembles and the paper check",
+                   _configure_matrix, _run_matrix)
+
+
 # --------------------------------------------------------------------------- entry point
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,23 +43,39 @@ def loader(feeder, batch_size: int, *, num_workers: int = 0, sampler=None, gener
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, feeder, *, batch_size: int, device: torch.device,
-            precision: str = "fp32", num_workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(logits (N, num_class) float32, labels (N,)) of ``model`` on every sample of ``feeder``, in order."""
+def predict(model: torch.nn.Module, feeder, *, batch_size: int, device: torch.device, precision: str = "fp32",
+            num_workers: int = 0, features: bool = False) -> tuple[np.ndarray, ...]:
+    """(logits (N, num_class) float32, labels (N,)) of ``model`` on every sample of ``feeder``, in order.
+
+    With ``features``, also the encoder's pooled final features (N, C') (mean over T', V and persons,
+    as the classifiers pool; what the paper's t-SNE figure shows), from the same forward pass:
+    ``head(features(x))`` is ``forward(x)`` exactly, for a bare encoder and for CSRE alike.
+    """
+    from models.encoder import mean_pool
     was_training = model.training
     model.eval()
-    logits, labels = [], []
+    encoder = getattr(model, "encoder", model)  # CSRE wraps the encoder; eval mode = the encoder alone
+    logits, labels, feats = [], [], []
     try:
         for x, y, _ in loader(feeder, batch_size, num_workers=num_workers):
+            x = x.to(device, non_blocking=True)
             with autocast(device, precision):
-                out = model(x.to(device, non_blocking=True))
+                if features:
+                    M = encoder.persons_in(x)
+                    fmap = encoder.features(x)  # (N·M, C', T', V)
+                    out = encoder.head(fmap, M)
+                    feats.append(mean_pool(fmap, M).float().cpu())  # (N, C')
+                else:
+                    out = model(x)
             logits.append(out.float().cpu())
             labels.append(y)
     finally:
         model.train(was_training)
     if not logits:
-        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
-    return torch.cat(logits).numpy(), torch.cat(labels).numpy().astype(np.int64)
+        empty = (np.zeros((0, 0), np.float32), np.zeros(0, np.int64))
+        return empty + ((np.zeros((0, 0), np.float32),) if features else ())
+    out = (torch.cat(logits).numpy(), torch.cat(labels).numpy().astype(np.int64))
+    return out + ((torch.cat(feats).numpy(),) if features else ())
 
 
 def evaluate_checkpoint(checkpoint: str | Path, gin_files: Sequence[str], gin_params: Sequence[str] = (), *,
@@ -71,13 +87,17 @@ def evaluate_checkpoint(checkpoint: str | Path, gin_files: Sequence[str], gin_pa
     checkpoint's encoder keys are loaded with ``strict`` (see
     :func:`harness.checkpoint.official_encoder_state`), and the metrics are returned; with
     ``out_dir`` the scores (npz + the official pickle) and ``eval.json`` are written there.
+    ``subset``: positions within the test part; by default the whole part, or the
+    ``TrainConfig.test_per_class`` subset when the gin config binds one.
     """
     import gin
 
     from harness import checkpoint as ckpt_lib
     from harness.configurables import DataConfig, Recipe, build_encoder, parse_gin
     from harness.io import Scores, save_scores, write_json
+    from harness.batches import per_class_subset
     from harness.metrics import classification_metrics
+    from harness.train import TrainConfig
 
     path = Path(checkpoint)
     if not path.exists():
@@ -97,6 +117,8 @@ def evaluate_checkpoint(checkpoint: str | Path, gin_files: Sequence[str], gin_pa
     except RuntimeError as e:
         raise ValueError(f"{path}: does not fit the encoder built from {list(gin_files)}: {e}") from None
     encoder.to(dev)
+    if subset is None and TrainConfig().test_per_class is not None:  # the CI subsets a run trained with
+        subset = per_class_subset(data.feeder("test").labels, TrainConfig().test_per_class)
     feeder = data.feeder("test", subset=subset, with_joints=bool(getattr(encoder, "wants_joints", False)))
     logits, labels = predict(encoder, feeder, batch_size=batch_size or recipe.test_batch_size, device=dev,
                              num_workers=num_workers)

@@ -67,7 +67,7 @@ from harness.batches import EpochBatches, epoch_generator, per_class_subset, str
 from harness.configurables import REPO, CrossEntropyLoss, DataConfig, Recipe, build_csre, build_encoder, parse_gin
 from harness.distributed import World, all_reduce_sum, barrier, setup, teardown
 from harness.evaluate import autocast, loader, predict, resolve_device
-from harness.io import Scores, save_scores, write_json, write_text
+from harness.io import Scores, atomic_path, save_scores, write_json, write_text
 
 __all__ = ["NonFiniteLoss", "TrainConfig", "Trainer", "train"]
 
@@ -371,7 +371,11 @@ class Trainer:
             for part, feeder in (("val", self.val_set), ("test", self.test_set)):
                 if feeder is not None:
                     out[part] = predict(self.model, feeder, batch_size=bs, device=self.device,
-                                        precision=self.cfg.precision, num_workers=self.cfg.num_workers)
+                                        precision=self.cfg.precision, num_workers=self.cfg.num_workers,
+                                        features=part == "test")
+            if "test" in out:
+                logits, labels, self._test_features = out["test"]
+                out["test"] = (logits, labels)
         barrier(self.world)
         return out
 
@@ -482,6 +486,10 @@ class Trainer:
 
     def _write_scores(self, preds: dict, best: dict, epoch: int) -> None:
         feeders = {"val": self.val_set, "test": self.test_set}
+        if "test" in preds:  # pooled test features of this epoch, for the t-SNE figure of the report
+            names = np.asarray(self.test_set.sample_names).astype(str)
+            with atomic_path(self.run_dir / "features_test.npz") as tmp, open(tmp, "wb") as f:
+                np.savez(f, features=self._test_features, labels=preds["test"][1], names=names, epoch=np.int64(epoch))
         for part, (logits, labels) in preds.items():
             names = np.asarray(feeders[part].sample_names).astype(str)
             save_scores(self.run_dir / f"scores_{part}.npz", Scores(logits, labels, names, epoch),

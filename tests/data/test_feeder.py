@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 from pathlib import Path
 
 import h5py
@@ -13,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from data import feeder as fd
-from data import h5, ucla
+from data import h5, ntu, synthetic, ucla
 from data.feeder import SkeletonFeeder
 from models.graph import LAYOUTS, NTU, UCLA
 from tests.conftest import fixture_params, reference_dir, require_fixture
@@ -96,18 +97,48 @@ def fixture_h5(tmp_path_factory):
 
 # ---------------------------------------------------------------------------------- reference fixtures
 
+# Every .npz is a param: one whose stem names no known stream fails (instead of going untested).
+NTU_VFN_STEM = "valid_frame_num"
 NTU_FIXTURES = fixture_params([p for p in (reference_dir() / "feeders" / "ntu").glob("*/*.npz")
-                               if p.stem in NTU_FIXTURE_MODALITY], "feeders/ntu")
-NTU_VFN = fixture_params((reference_dir() / "feeders" / "ntu").glob("*/valid_frame_num.npz"), "feeders/ntu vfn")
-UCLA_FIXTURES = fixture_params([p for p in (reference_dir() / "feeders" / "nwucla").glob("*.npz")
-                                if p.stem.removeprefix(UCLA_TRAINLIST_PREFIX) in UCLA_FIXTURE_MODALITY],
-                               "feeders/nwucla")
+                               if p.stem != NTU_VFN_STEM], "feeders/ntu")
+NTU_VFN = fixture_params((reference_dir() / "feeders" / "ntu").glob(f"*/{NTU_VFN_STEM}.npz"), "feeders/ntu vfn")
+UCLA_FIXTURES = fixture_params((reference_dir() / "feeders" / "nwucla").glob("*.npz"), "feeders/nwucla")
+
+
+def _known_stem(fixture: Path, stem: str, known: dict) -> str:
+    if stem not in known:
+        pytest.fail(f"{fixture}: no test knows the feeder fixture {stem!r} (known: {sorted(known)}); "
+                    "map it to a modality in tests/data/test_feeder.py so that it is checked")
+    return known[stem]
+
+
+@pytest.fixture(scope="module")
+def prepared_from_raw(tmp_path_factory):
+    """(Once per variant) the NTU HDF5 that data/ntu.py builds from the preprocessing fixtures' raw
+    inputs, i.e. this project's own lengths, not ones recomputed by a test helper."""
+    cache: dict[str, Path] = {}
+
+    def build(variant: str) -> Path:
+        if variant not in cache:
+            raw_fixtures = sorted((reference_dir() / "ntu_preprocess" / "raw").glob("*.skeleton"))
+            assert raw_fixtures, f"no raw inputs under {reference_dir() / 'ntu_preprocess' / 'raw'}"
+            raw = tmp_path_factory.mktemp(f"{variant}_raw")
+            for path in raw_fixtures:
+                shutil.copy(path, raw / path.name)
+            if variant == "ntu120" and not any(int(p.name[1:4]) > 17 for p in raw_fixtures):
+                synthetic.write_skeleton(raw / "S018C001P045R002A061.skeleton", n_frames=30, seed=1)
+            cache[variant] = ntu.prepare(raw, tmp_path_factory.mktemp(variant) / f"{variant}.h5", variant,
+                                         workers=1, progress=False)
+        return cache[variant]
+
+    return build
 
 
 @pytest.mark.reference
 @pytest.mark.parametrize("fixture", NTU_FIXTURES)
 def test_ntu_test_mode_matches_official(fixture, fixture_h5):
     fixture = require_fixture(fixture, "feeders/ntu")
+    modality = _known_stem(fixture, fixture.stem, NTU_FIXTURE_MODALITY)
     path = fixture_h5(fixture.parent)
     index = h5.read_index(path)
     with np.load(fixture) as ref:
@@ -115,7 +146,7 @@ def test_ntu_test_mode_matches_official(fixture, fixture_h5):
         missing = sorted(set(names) - set(index.name))
         assert not missing, f"{fixture}: samples {missing} not in the final.npz it was made from"
         rows = [int(np.flatnonzero(index.name == n)[0]) for n in names]
-        ds = SkeletonFeeder(path, "fixture", "test", modality=NTU_FIXTURE_MODALITY[fixture.stem], subset=rows)
+        ds = SkeletonFeeder(path, "fixture", "test", modality=modality, subset=rows)
         assert not ds.train and ds.window == 64 and ds.p_interval == (0.95,) and ds.random_rot == 0
         for i, name in enumerate(names):
             x, label, idx = ds[i]
@@ -126,10 +157,13 @@ def test_ntu_test_mode_matches_official(fixture, fixture_h5):
 
 @pytest.mark.reference
 @pytest.mark.parametrize("fixture", NTU_VFN)
-def test_ntu_stored_length_is_valid_frame_num(fixture, fixture_h5):
+def test_ntu_stored_length_is_valid_frame_num(fixture, prepared_from_raw):
+    """The length data/ntu.py stores is the official feeder's valid_frame_num of each sample."""
     fixture = require_fixture(fixture, "feeders/ntu vfn")
-    index = h5.read_index(fixture_h5(fixture.parent))
+    assert fixture.parent.name in ntu.VARIANTS, f"{fixture}: folder is not an NTU variant {ntu.VARIANTS}"
+    index = h5.read_index(prepared_from_raw(fixture.parent.name))
     with np.load(fixture) as ref:
+        assert ref.files
         for name in ref.files:
             assert index.length[index.name == name].tolist() == [int(ref[name])], name
 
@@ -139,7 +173,7 @@ def test_ntu_stored_length_is_valid_frame_num(fixture, fixture_h5):
 def test_ucla_test_mode_matches_official(fixture, ucla_h5):
     fixture = require_fixture(fixture, "feeders/nwucla")
     prefix = UCLA_TRAINLIST_PREFIX if fixture.stem.startswith(UCLA_TRAINLIST_PREFIX) else ""
-    modality = UCLA_FIXTURE_MODALITY[fixture.stem.removeprefix(prefix)]
+    modality = _known_stem(fixture, fixture.stem.removeprefix(prefix), UCLA_FIXTURE_MODALITY)
     manifest = fixture.parent / f"{prefix}manifest.json"
     labels = ({s["file_name"]: s["label"] for s in json.loads(manifest.read_text())["samples"]}
               if manifest.is_file() else {})
@@ -422,6 +456,12 @@ def test_wrong_shapes_are_errors_at_construction(tmp_path):
         SkeletonFeeder(make("u.h5", (3, 10, 17, 1), "toy"), "all")
     with pytest.raises(h5.H5FormatError, match="C=2"):
         SkeletonFeeder(make("c.h5", (2, 10, 25, 2), "ntu120"), "all")
+    with pytest.raises(h5.H5FormatError, match=r"m1.h5: x has M=1 persons, but ntu dataset files have M=2"):
+        SkeletonFeeder(make("m1.h5", (3, 10, 25, 1), "ntu60"), "all")
+    with pytest.raises(h5.H5FormatError, match=r"m3.h5: x has M=3 persons, but ntu dataset files have M=2"):
+        SkeletonFeeder(make("m3.h5", (3, 10, 25, 3), "ntu120"), "all")
+    with pytest.raises(h5.H5FormatError, match=r"m2.h5: x has M=2 persons, but ucla dataset files have M=1"):
+        SkeletonFeeder(make("m2.h5", (3, 10, 20, 2), "ucla"), "all")
     assert SkeletonFeeder(make("ok.h5", (3, 10, 20, 1), "other"), "all").layout is LAYOUTS["ucla"]
     with pytest.raises(h5.H5FormatError, match="no such dataset file"):
         SkeletonFeeder(tmp_path / "absent.h5", "all")

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+
 import h5py
 import numpy as np
 import pytest
 
 from data import h5
+from tests.conftest import REPO
 
 
 def _write(path, n=4, shape=(3, 10, 5, 2), compression=None, fail_at=None, params=None):
@@ -113,3 +121,92 @@ def test_read_sample_rejects_nan(tmp_path):
         f["x"][2, 0, 0, 0, 0] = np.nan
     with pytest.raises(h5.H5FormatError, match="sample 2 contains NaN"):
         h5.read_sample(h5.open_samples(path), 2)
+
+
+# --------------------------------------------------------------------------- durability and interruption
+
+def test_file_is_fsynced_before_the_rename(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = h5.os.fsync, h5.os.replace
+    monkeypatch.setattr(h5.os, "fsync", lambda fd: (events.append(("fsync", os.fstat(fd).st_ino)), real_fsync(fd))[1])
+    monkeypatch.setattr(h5.os, "replace", lambda a, b: (events.append(("replace", os.stat(a).st_ino)), real_replace(a, b))[1])
+    path = _write(tmp_path / "a.h5")
+    inode = path.stat().st_ino
+    assert ("replace", inode) in events
+    assert ("fsync", inode) in events[:events.index(("replace", inode))]
+
+
+def _handler_while_writing(path) -> object:
+    """The SIGTERM handler in force inside a :func:`h5.create` block (which writes one sample)."""
+    with h5.create(path, dataset="toy", num_samples=1, sample_shape=(3, 4, 5, 1), pipeline_version="t") as w:
+        w.write(0, np.ones((3, 4, 5, 1)), name="a", length=4, label=0)
+        return signal.getsignal(signal.SIGTERM)
+
+
+def test_sigterm_handler_only_while_writing_in_the_main_thread(tmp_path):
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        inside = _handler_while_writing(tmp_path / "a.h5")
+        assert callable(inside) and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+        def own(signum, frame):
+            pass
+
+        signal.signal(signal.SIGTERM, own)  # a program's own handler is left alone
+        assert _handler_while_writing(tmp_path / "b.h5") is own
+        assert signal.getsignal(signal.SIGTERM) is own
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(_handler_while_writing(tmp_path / "c.h5")))
+        t.start()
+        t.join()
+        assert seen == [signal.SIG_DFL] and (tmp_path / "c.h5").is_file()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+_BLOCKED_WRITER = """
+import sys, time
+import numpy as np
+from data import h5
+with h5.create(sys.argv[1], dataset="toy", num_samples=2, sample_shape=(3, 4, 5, 1), pipeline_version="t") as w:
+    w.write(0, np.ones((3, 4, 5, 1)), name="a", length=4, label=0)
+    print("writing", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_sigterm_while_writing_removes_the_temporary_file(tmp_path):
+    out = _write(tmp_path / "out.h5")
+    before = out.read_bytes()
+    proc = subprocess.Popen([sys.executable, "-c", _BLOCKED_WRITER, str(out)], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == "writing\n", proc.stderr.read()
+        assert [p.name for p in tmp_path.glob(".out.h5.tmp*")] == [f".out.h5.tmp{proc.pid}"]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "SIGTERM while writing" in err and "Traceback" not in err, err
+    assert [p.name for p in tmp_path.iterdir()] == ["out.h5"]
+    assert out.read_bytes() == before
+
+
+def test_stale_temporaries_of_dead_processes_are_removed(tmp_path, caplog):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        names = [f".out.h5.tmp{dead.pid}", f".out.h5.tmp{alive.pid}", f".other.h5.tmp{dead.pid}",
+                 ".out.h5.tmpabc", f".out.h5.tmp{dead.pid}.keep", "out.h5.tmp1"]
+        for name in names:
+            (tmp_path / name).write_bytes(b"partial")
+        with caplog.at_level(logging.WARNING, logger="data.h5"):
+            _write(tmp_path / "out.h5")
+    finally:
+        alive.kill()
+        alive.wait()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["out.h5", *names[1:]])
+    assert f".out.h5.tmp{dead.pid}" in caplog.text and "no longer runs" in caplog.text

@@ -1,8 +1,9 @@
 """data/ntu.py: the strict parser, the official denoising/transformation, splits and ``prepare``.
 
 Fixture tests compare against arrays produced by the official CTR-GCN scripts; they are found
-generically (every ``<variant>/manifest.json`` under ``$CSRE_REFERENCE_DIR/ntu_preprocess``), so
-held-out fixture sets with the same layout run unchanged.
+generically (every sample of every ``<variant>/manifest.json`` under
+``$CSRE_REFERENCE_DIR/ntu_preprocess``, its input in ``raw/``), so held-out fixture sets with the
+same layout run unchanged; a raw input that no manifest lists is a failing test of its own.
 """
 
 from __future__ import annotations
@@ -11,27 +12,53 @@ import filecmp
 import functools
 import json
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
 
 from data import h5, ntu, synthetic
-from tests.conftest import fixture_params, realdata_dir, reference_dir, require_fixture
+from tests.conftest import REPO, fixture_params, realdata_dir, reference_dir, require_fixture
 
 # --------------------------------------------------------------------------- reference fixtures
 
 FAMILY = "ntu_preprocess"
+RAW_AUXILIARY = {"cases.json"}  # raw/ files that are documentation, not inputs (see its README)
 
 
-def _fixture_samples() -> list[Path]:
-    """One pseudo-path per (variant dir, sample): <root>/ntu_preprocess/<variant>/<name>."""
-    root = reference_dir() / FAMILY
-    paths = []
-    for manifest in sorted(root.glob("*/manifest.json")):
-        for sample in json.loads(manifest.read_text())["samples"]:
-            paths.append(manifest.parent / sample["name"])
-    return paths
+def _family() -> Path:
+    return reference_dir() / FAMILY
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.relative_to(reference_dir()))
+    except ValueError:
+        return str(path)
+
+
+class Case(NamedTuple):
+    raw: Path          # <ref>/ntu_preprocess/raw/<name>.skeleton
+    variant_dir: Path  # <ref>/ntu_preprocess/<variant>, whose manifest lists the sample
+
+
+def _fixture_cases() -> list:
+    """One param per (manifest, sample), id = the raw input's path relative to the reference dir
+    and the variant folder, e.g. ``ntu_preprocess/raw/S001C001P001R001A001.skeleton-ntu60``."""
+    params = [pytest.param(Case(_family() / "raw" / f"{sample['name']}.skeleton", manifest.parent),
+                           id=f"{_rel(_family() / 'raw' / (sample['name'] + '.skeleton'))}-{manifest.parent.name}")
+              for manifest in sorted(_family().glob("*/manifest.json"))
+              for sample in json.loads(manifest.read_text())["samples"]]
+    return params or [pytest.param(None, id=f"{FAMILY}:no-fixtures")]
+
+
+def _listed_raw_names() -> set[str]:
+    return {f"{sample['name']}.skeleton" for manifest in _family().glob("*/manifest.json")
+            for sample in json.loads(manifest.read_text())["samples"]}
 
 
 @functools.lru_cache(maxsize=None)
@@ -47,36 +74,50 @@ def _arrays(variant_dir: Path, kind: str) -> dict:
 
 
 @functools.lru_cache(maxsize=None)
-def _processed(sample_path: Path) -> ntu.Processed:
-    variant, _ = _manifest(sample_path.parent)
-    raw = reference_dir() / FAMILY / "raw" / f"{sample_path.name}.skeleton"
+def _processed(raw: Path, variant: str) -> ntu.Processed:
+    assert raw.is_file(), f"{raw} missing: a manifest lists it, so the fixture set is incomplete"
     return ntu.process_file(raw, variant)
 
 
-def _case(path):
-    path = require_fixture(path, FAMILY)
-    variant, samples = _manifest(path.parent)
-    return path, variant, samples[path.name], _processed(path)
+def _case(case: Case | None) -> tuple[str, str, dict, ntu.Processed]:
+    """(sample name, variant dir, manifest entry, this project's result) of a fixture param."""
+    case = require_fixture(case, FAMILY)
+    variant, samples = _manifest(case.variant_dir)
+    name = case.raw.stem
+    return name, case.variant_dir, samples[name], _processed(case.raw, variant)
 
 
-FIXTURES = fixture_params(_fixture_samples(), FAMILY)
+FIXTURES = _fixture_cases()
+RAW_FILES = fixture_params([p for p in (_family() / "raw").glob("*") if p.name not in RAW_AUXILIARY],
+                           f"{FAMILY}/raw")
+MANIFESTS = fixture_params(_family().glob("*/manifest.json"), FAMILY)
 
 
 @pytest.mark.reference
-@pytest.mark.parametrize("path", FIXTURES)
-def test_denoised_matches_official(path):
-    path, _, _, got = _case(path)
-    expected = _arrays(path.parent, "denoised")[path.name]
+@pytest.mark.parametrize("raw", RAW_FILES)
+def test_every_raw_fixture_is_in_a_manifest(raw):
+    """A raw input no manifest lists has no expected arrays, so every other test would skip it."""
+    raw = require_fixture(raw, f"{FAMILY}/raw")
+    assert raw.suffix == ".skeleton", f"{raw}: not a .skeleton input (documentation: {sorted(RAW_AUXILIARY)})"
+    assert raw.name in _listed_raw_names(), \
+        f"{raw} is in no {_family()}/*/manifest.json, so nothing checks what it should become"
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("case", FIXTURES)
+def test_denoised_matches_official(case):
+    name, variant_dir, _, got = _case(case)
+    expected = _arrays(variant_dir, "denoised")[name]
     assert got.info.denoised_joints.dtype == np.float32
     assert got.info.denoised_joints.shape == expected.shape
     assert np.array_equal(got.info.denoised_joints, expected)
 
 
 @pytest.mark.reference
-@pytest.mark.parametrize("path", FIXTURES)
-def test_final_matches_official(path):
-    path, _, sample, got = _case(path)
-    expected = _arrays(path.parent, "final")[path.name]
+@pytest.mark.parametrize("case", FIXTURES)
+def test_final_matches_official(case):
+    name, variant_dir, _, got = _case(case)
+    expected = _arrays(variant_dir, "final")[name]
     assert got.info.final.dtype == np.float32 and np.array_equal(got.info.final, expected)
     # the HDF5 layout is the same numbers in (C, T, V, M)
     assert got.x.shape == (3, 300, 25, 2) and got.x.dtype == np.float32
@@ -85,19 +126,19 @@ def test_final_matches_official(path):
 
 
 @pytest.mark.reference
-@pytest.mark.parametrize("path", FIXTURES)
-def test_valid_frames_match_official(path):
-    path, _, sample, got = _case(path)
-    expected = int(_arrays(path.parent, "valid_frames")[path.name])
+@pytest.mark.parametrize("case", FIXTURES)
+def test_valid_frames_match_official(case):
+    name, variant_dir, sample, got = _case(case)
+    expected = int(_arrays(variant_dir, "valid_frames")[name])
     assert got.length == got.info.valid_frames == expected
     assert got.length == sample["valid_frames"] == sample["feeder_valid_frame_num"]
     assert not got.x[:, got.length:].any()  # frames past the length are padding
 
 
 @pytest.mark.reference
-@pytest.mark.parametrize("path", FIXTURES)
-def test_bookkeeping_matches_manifest(path):
-    path, _, sample, got = _case(path)
+@pytest.mark.parametrize("case", FIXTURES)
+def test_bookkeeping_matches_manifest(case):
+    name, _, sample, got = _case(case)
     info = got.info
     dropped = {(d["bodyID"], d["reason"]) for d in info.dropped_bodies}
     assert dropped == {(d["bodyID"], d["reason"]) for d in sample["dropped_bodies"]}
@@ -115,7 +156,7 @@ def test_bookkeeping_matches_manifest(path):
         [(b["bodyID"], b["interval"], b["n_frames"]) for b in sample["bodies"]]
     updated = {k: [round(old, 6), round(new, 6)] for k, (old, new) in info.denoised.motion_updated_by_spread.items()}
     assert updated == {k: [round(a, 6), round(b, 6)] for k, (a, b) in sample["motion_updated_by_spread"].items()}
-    assert ntu.parse_name(path.name).label == sample["label"]
+    assert ntu.parse_name(name).label == sample["label"]
 
 
 # --------------------------------------------------------------------------- names and splits
@@ -312,9 +353,28 @@ def test_unused_fields_may_be_non_finite_but_must_be_numbers(tmp_path):
     assert np.array_equal(ntu.parse_skeleton(_write(tmp_path, lines)).bodies[0].joints,
                           reference.bodies[0].joints)
     parts[8] = "1.2.3"
-    lines[6] = " ".join(parts)  # off the fast path (letters), so every field is syntax-checked
+    lines[6] = " ".join(parts)  # non-finite fields beside it do not hide a malformed one
     with pytest.raises(ntu.SkeletonFormatError, match=r":7: expected a number in field 9 of a joint line"):
         ntu.parse_skeleton(_write(tmp_path, lines))
+
+
+MALFORMED_NUMBERS = ["1.2.3", "--", "1e", ".", "-", "+", "1e5e3", "+-1", "1.5e-3.2", "5-3", "e5", ".e5", "1e+", "-.", "1..2"]
+
+
+@pytest.mark.parametrize("token", MALFORMED_NUMBERS)
+def test_unused_fields_are_strict_in_kinects_canonical_layout(tmp_path, token):
+    """Only number characters and single spaces, as Kinect writes them (the parser's fast path):
+    a malformed number in a field the pipeline never uses is still an error naming file, line, field."""
+    field = 4 + MALFORMED_NUMBERS.index(token) % 9  # fields 4..12
+    lines = _good_lines(tmp_path)
+    parts = lines[16].split()
+    parts[field - 1] = token
+    lines[16] = " ".join(parts)
+    assert not set(token) - set("0123456789.+-eE") and lines[16].count(" ") == 11  # canonical layout
+    path = _write(tmp_path, lines)
+    with pytest.raises(ntu.SkeletonFormatError) as err:
+        ntu.parse_skeleton(path)
+    assert str(err.value) == f"{path}:17: expected a number in field {field} of a joint line, got {token!r}"
 
 
 def test_float32_parse_goes_through_float64_like_numpy(tmp_path):
@@ -360,6 +420,40 @@ def test_params_change_the_rules(tmp_path):
     assert ntu.process_file(path, "ntu60", strict).info.dropped_bodies[0]["reason"] == "length"
     with pytest.raises(ntu.DenoiseError, match="max_frames=30"):
         ntu.process_file(path, "ntu60", ntu.DenoiseParams(max_frames=30))
+
+
+def _only_short_bodies(tmp_path):
+    Spec = synthetic.BodySpec
+    return synthetic.write_skeleton(tmp_path / "raw" / "S001C001P001R001A050.skeleton", n_frames=20, seed=3,
+                                    bodies=[Spec(frames=(0, 9)), Spec(frames=(10, 19))]), {}, "every bodyID has <= 11"
+
+
+def _zero_actor(tmp_path):
+    lines = [" ".join(["0", "0", "0", *line.split()[3:]]) if len(line.split()) == 12 else line
+             for line in _good_lines(tmp_path)]
+    return _write(tmp_path, lines), {}, "actor 1 is zero in every frame"
+
+
+def _body_twice_in_a_frame(tmp_path):
+    lines = _good_lines(tmp_path)
+    return _write(tmp_path, ["1", "2", *lines[2:29], *lines[2:29]]), {}, "occurs twice in one frame"
+
+
+def _too_long(tmp_path):
+    path = synthetic.write_skeleton(tmp_path / "raw" / "S001C001P001R001A001.skeleton", n_frames=40, seed=4)
+    return path, {"max_frames": 30}, "40 frames after denoising, more than max_frames=30"
+
+
+DENOISE_ERRORS = {f.__name__.strip("_"): f for f in (_only_short_bodies, _zero_actor, _body_twice_in_a_frame,
+                                                     _too_long)}
+
+
+@pytest.mark.parametrize("case", list(DENOISE_ERRORS))
+def test_denoise_errors_name_the_file(tmp_path, case):
+    path, params, message = DENOISE_ERRORS[case](tmp_path)
+    with pytest.raises(ntu.DenoiseError) as err:
+        ntu.process_file(path, "ntu60", ntu.DenoiseParams(**params))
+    assert str(err.value).startswith(f"{path}: ") and message in str(err.value), str(err.value)
 
 
 # --------------------------------------------------------------------------- prepare end to end
@@ -419,32 +513,31 @@ def test_prepare_writes_every_sample_and_split(raw_dir, built, variant):
 
 
 @pytest.mark.reference
-def test_prepare_matches_official_final_arrays(tmp_path):
+@pytest.mark.parametrize("manifest", MANIFESTS)
+def test_prepare_matches_official_final_arrays(manifest, tmp_path):
     """A dataset built from the fixture inputs holds exactly the official rows of every sample."""
-    manifests = sorted((reference_dir() / FAMILY).glob("*/manifest.json"))
-    require_fixture(manifests[0] if manifests else None, FAMILY)
+    manifest = require_fixture(manifest, FAMILY)
     raw = tmp_path / "raw"
     raw.mkdir()
-    for path in (reference_dir() / FAMILY / "raw").glob("*.skeleton"):
+    for path in (_family() / "raw").glob("*.skeleton"):
         shutil.copy(path, raw / path.name)
     if not any(int(p.name[1:4]) > 17 for p in raw.iterdir()):  # ntu120 refuses a NTU60-only folder
         synthetic.write_skeleton(raw / "S018C001P045R002A061.skeleton", n_frames=30, seed=1)
-    for manifest in manifests:
-        variant, samples = _manifest(manifest.parent)
-        expected = _arrays(manifest.parent, "final")
-        lengths = _arrays(manifest.parent, "valid_frames")
-        path = ntu.prepare(raw, tmp_path / f"{variant}.h5", variant, workers=1, progress=False)
-        index = h5.read_index(path)
-        position = {n: i for i, n in enumerate(index.name)}
-        wanted = [n for n in samples if ntu.in_variant(ntu.parse_name(n), variant)
-                  and n not in ntu.missing_samples(variant)]
-        assert wanted and set(wanted) <= set(position)
-        x = h5.open_samples(path)
-        for name in wanted:
-            i = position[name]
-            assert np.array_equal(ntu.from_ctvm(x[i]), expected[name]), name
-            assert index.length[i] == int(lengths[name])
-        x.file.close()
+    variant, samples = _manifest(manifest.parent)
+    expected = _arrays(manifest.parent, "final")
+    lengths = _arrays(manifest.parent, "valid_frames")
+    path = ntu.prepare(raw, tmp_path / f"{variant}.h5", variant, workers=1, progress=False)
+    index = h5.read_index(path)
+    position = {n: i for i, n in enumerate(index.name)}
+    wanted = [n for n in samples if ntu.in_variant(ntu.parse_name(n), variant)
+              and n not in ntu.missing_samples(variant)]
+    assert wanted and set(wanted) <= set(position)
+    x = h5.open_samples(path)
+    for name in wanted:
+        i = position[name]
+        assert np.array_equal(ntu.from_ctvm(x[i]), expected[name]), name
+        assert index.length[i] == int(lengths[name])
+    x.file.close()
 
 
 def test_prepare_is_byte_identical_for_any_worker_count(raw_dir, built, tmp_path):
@@ -460,6 +553,37 @@ def test_prepare_lzf(raw_dir, built, tmp_path):
     a, b = h5.open_samples(built["ntu120"]), h5.open_samples(lzf)
     assert np.array_equal(a[()], b[()])
     a.file.close(), b.file.close()
+
+
+_SLOW_PREPARE = """
+import sys, time
+from data import ntu
+from harness.cli import main
+process = ntu._process_chunk
+def slow(paths, variant, params):  # one file per chunk here: time to send the signal mid-build
+    print("chunk", flush=True)
+    time.sleep(0.5)
+    return process(paths, variant, params)
+ntu._process_chunk = slow
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_during_prepare_leaves_no_partial_file(raw_dir, tmp_path):
+    out = tmp_path / "out" / "ntu60.h5"
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_PREPARE, "prepare", "ntu60", "--raw", str(raw_dir),
+                             "--out", str(out), "--workers", "1", "--no-progress"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "chunk\n", proc.stderr.read()
+        assert [p.name for p in out.parent.iterdir()] == [f".ntu60.h5.tmp{proc.pid}"]  # mid-build
+        proc.send_signal(signal.SIGTERM)  # what `kill`, DVC on Ctrl-C or a job scheduler sends
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "SIGTERM while writing" in err, err
+    assert list(out.parent.iterdir()) == []
 
 
 def test_ntu120_needs_the_ntu120_download(raw_dir, tmp_path):

@@ -75,7 +75,8 @@ def test_two_epoch_run_writes_the_run_directory(ucla_h5, tmp_path, encoder, csre
     run_dir = tmp_path / "run"
     m = train(cell_files(encoder, csre), cell_params(ucla_h5, csre=csre), run_dir=run_dir)
     for name in ("config.gin", "operative_config.gin", "run.json", "metrics.json", "checkpoint.pt",
-                 "scores_test.npz", "scores_test.pkl", "scores_val.npz", "scores_test_best.npz", "dvclive"):
+                 "scores_test.npz", "scores_test.pkl", "scores_val.npz", "scores_test_best.npz", "features_test.npz",
+                 "dvclive", "dvclive/dvc.yaml"):
         assert (run_dir / name).exists(), name
     assert m["finished"] and m["epochs_done"] == 2
     assert m["cell"] == {"benchmark": "ucla", "encoder": encoder, "stream": "joint", "csre": csre, "seed": 1,
@@ -100,6 +101,8 @@ def test_two_epoch_run_writes_the_run_directory(ucla_h5, tmp_path, encoder, csre
     s = load_scores(run_dir / "scores_test.npz")
     assert s.epoch == 1 and s.logits.shape == (20, 10)
     assert 100 * float((s.logits.argmax(1) == s.labels).mean()) == pytest.approx(last["test"]["top1"])
+    with np.load(run_dir / "features_test.npz") as f:  # pooled test features (t-SNE), same sample order
+        assert f["features"].shape[0] == 20 and np.array_equal(f["names"], s.names)
     official = pickle.loads((run_dir / "scores_test.pkl").read_bytes())
     assert list(official) == s.names.tolist() and np.array_equal(official[s.names[0]], s.logits[0])
     # operative config: what was really built
@@ -203,7 +206,7 @@ def test_sigkill_then_resume_equals_uninterrupted(ucla_h5, tmp_path):
     assert proc.poll() is None, "the run ended before it could be killed: " + proc.communicate()[0]
     time.sleep(0.3)  # somewhere inside epoch 2 (or its evaluation / checkpoint write)
     proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    proc.communicate(timeout=60)  # reap it and close its pipe
     assert proc.returncode == -signal.SIGKILL
     killed_at = ckpt_lib.load(ck_path)  # never torn: the previous or the new checkpoint
     assert not killed_at["finished"]
