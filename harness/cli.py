@@ -188,6 +188,52 @@ VERBS["matrix"] = ("run a benchmark's cells (encoders x streams x CSRE on/off x 
                    _configure_matrix, _run_matrix)
 
 
+# --------------------------------------------------------------------------- regression
+
+def _configure_regression(p: argparse.ArgumentParser) -> None:
+    from harness.regression import configure_parser
+    configure_parser(p)
+
+
+def _run_regression(args: argparse.Namespace) -> int:
+    from harness.regression import run
+    return run(args)
+
+
+VERBS["regression"] = ("train the ci-profile cells on tiny real NW-UCLA and compare with the recorded values (--record re-records)",
+                       _configure_regression, _run_regression)
+
+
+# --------------------------------------------------------------------------- paper, report
+
+def _configure_paper(p: argparse.ArgumentParser) -> None:
+    from harness.paper import configure_parser
+    configure_parser(p)
+
+
+def _run_paper(args: argparse.Namespace) -> int:
+    from harness.paper import run
+    return run(args)
+
+
+VERBS["paper"] = ("compare finished paper-profile runs with the paper's Tables 1-8 (tolerances, paired bootstrap)",
+                  _configure_paper, _run_paper)
+
+
+def _configure_report(p: argparse.ArgumentParser) -> None:
+    from harness.report import configure_parser
+    configure_parser(p)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from harness.report import run
+    return run(args)
+
+
+VERBS["report"] = ("write a markdown report with figures (per-class gains, t-SNE, curves, confusion, Tables 7-8)",
+                   _configure_report, _run_report)
+
+
 # --------------------------------------------------------------------------- entry point
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,114 @@
+"""CI regression values: the ``ci`` profile on a tiny real NW-UCLA subset, against committed numbers.
+
+The ``ci`` matrix (:data:`CI_CELLS`: CTR-GCN and HCN, with and without CSRE, joint stream, seed 1,
+``gin/profiles/ci.gin``) is trained and, per cell, the values of :func:`observe` (mean training
+loss, CE and CSRE terms per epoch, validation and test top-1 per epoch) are compared with
+``tests/regression/expected_ci.json`` within :data:`TOLERANCE`. A change that moves them fails
+and shows old against new. To re-record them on purpose (say why in the commit)::
+
+    python -m harness regression --record
+
+Tolerances: losses relative 1e-3 (the runs are deterministic on CPU; the slack absorbs BLAS
+differences between CPU types); accuracies 1 test sample (5 pp of the 20 test clips; val: 10 clips).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from harness.io import read_json, write_json
+
+REPO = Path(__file__).resolve().parents[1]
+EXPECTED = REPO / "tests" / "regression" / "expected_ci.json"
+#: (encoder, csre) cells of the CI matrix, NW-UCLA joint stream, seed 1
+CI_CELLS = (("ctrgcn", False), ("ctrgcn", True), ("hcn", False), ("hcn", True))
+TOLERANCE = {"loss_rel": 1e-3, "top1_abs": {"test": 5.0, "val": 10.0}}
+
+__all__ = ["CI_CELLS", "EXPECTED", "TOLERANCE", "compare", "observe", "record", "run_ci_cells"]
+
+
+def observe(metrics: dict) -> dict[str, list[float]]:
+    """The regression values of one run's metrics."""
+    h = metrics["history"]
+    out = {f"train_{k}": [r["train"][k] for r in h] for k in ("loss", "ce", "contrastive")}
+    for part in ("val", "test"):
+        out[f"{part}_top1"] = [r[part]["top1"] for r in h if part in r]
+    return out
+
+
+def cell_name(encoder: str, csre: bool) -> str:
+    return f"ucla/{encoder}/joint/{'csre' if csre else 'base'}/seed1"
+
+
+def run_ci_cells(h5: str | Path, root: str | Path) -> dict[str, dict[str, list[float]]]:
+    """Train every CI cell on the NW-UCLA file ``h5`` under ``root``; their observed values."""
+    from harness.matrix import cell_gin_files
+    from harness.train import train
+    values = {}
+    for encoder, csre in CI_CELLS:
+        params = [f"DataConfig.path = '{h5}'", "TrainConfig.seed = 1", f"TrainConfig.csre = {csre}",
+                  "TrainConfig.dvclive = False"]
+        m = train(cell_gin_files("ucla", encoder, csre, "ci"), params,
+                  run_dir=Path(root) / encoder / ("csre" if csre else "base"))
+        values[cell_name(encoder, csre)] = observe(m)
+    return values
+
+
+def compare(observed: dict[str, dict[str, list[float]]], expected: dict[str, Any]) -> list[str]:
+    """Differences beyond tolerance, one readable line each (old vs new); empty when all agree."""
+    problems = []
+    cells = expected["cells"]
+    for name in sorted(set(cells) | set(observed)):
+        if name not in observed or name not in cells:
+            problems.append(f"{name}: {'missing from this run' if name not in observed else 'not recorded'}")
+            continue
+        for key in sorted(set(cells[name]) | set(observed[name])):
+            old, new = cells[name].get(key), observed[name].get(key)
+            if old is None or new is None or len(old) != len(new):
+                problems.append(f"{name} {key}: recorded {old}, now {new}")
+                continue
+            for i, (a, b) in enumerate(zip(old, new)):
+                if key.endswith("_top1"):
+                    ok = abs(a - b) <= TOLERANCE["top1_abs"][key.split("_")[0]]
+                else:
+                    ok = math.isclose(a, b, rel_tol=TOLERANCE["loss_rel"], abs_tol=1e-6)
+                if not ok:
+                    problems.append(f"{name} {key}[epoch {i + 1}]: recorded {a!r}, now {b!r}")
+    return problems
+
+
+def record(observed: dict[str, dict[str, list[float]]], path: Path = EXPECTED) -> None:
+    import platform
+
+    import torch
+    write_json(path, {"about": "ci-profile regression values; re-record with `python -m harness regression --record`",
+                      "recorded_with": {"torch": torch.__version__, "python": platform.python_version(),
+                                        "machine": platform.machine()},
+                      "tolerance": TOLERANCE, "cells": observed})
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--record", action="store_true", help=f"re-record {EXPECTED.relative_to(REPO)} on purpose")
+    p.add_argument("--data", type=Path, default=REPO / "data" / "h5" / "ucla.h5",
+                   help="the NW-UCLA HDF5 (default data/h5/ucla.h5; build it with `dvc repro ucla`)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.data.exists():
+        raise FileNotFoundError(f"{args.data}: missing; build it with `dvc repro ucla`")
+    with tempfile.TemporaryDirectory() as tmp:
+        observed = run_ci_cells(args.data, tmp)
+    if args.record:
+        record(observed)
+        print(f"recorded {EXPECTED}")
+        return 0
+    problems = compare(observed, read_json(EXPECTED))
+    for line in problems:
+        print(line, file=sys.stderr)
+    print("ci regression: " + ("OK" if not problems else f"{len(problems)} value(s) moved"))
+    return 1 if problems else 0

@@ -1,0 +1,75 @@
+"""Benchmark matrices: cell expansion, resumable runs, failures reported, missing data caught at once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness.matrix import Cell, cell_gin_files, check_data, expand, run_matrix, summarize
+from tests.conftest import REPO
+
+
+def test_expand_nests_encoders_streams_arms_seeds(tmp_path):
+    cells = expand("ucla", encoders=["ctrgcn", "hcn"], streams=["joint", "bone"], seeds=[1, 2], profile="ci",
+                   root=tmp_path)
+    assert len(cells) == 2 * 2 * 2 * 2
+    assert cells[0].name == "ucla/ctrgcn/joint/base/seed1" and cells[1].name == "ucla/ctrgcn/joint/base/seed2"
+    assert cells[2].arm == "csre" and cells[-1].name == "ucla/hcn/bone/csre/seed2"
+    assert cells[-1].run_dir == tmp_path / "ucla" / "hcn" / "bone" / "csre" / "seed2"
+    assert len({c.run_dir for c in cells}) == len(cells)
+    with pytest.raises(ValueError, match="unknown encoder 'stgcn'"):
+        expand("ucla", encoders=["stgcn"])
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        expand("ntu60")
+
+
+def test_gin_files_per_benchmark_and_encoder():
+    assert cell_gin_files("ucla", "ctrgcn", False, "quick") == [
+        "gin/encoders/ctrgcn.gin", "gin/datasets/ucla.gin", "gin/recipes/ctrgcn_ucla.gin", "gin/profiles/quick.gin"]
+    assert "gin/recipes/hyperformer_ucla.gin" in cell_gin_files("ucla", "hyperformer", False, "paper")
+    assert "gin/recipes/ctrgcn_ucla.gin" in cell_gin_files("ucla", "blockgcn", False, "paper")  # labelled stand-in
+    ntu = cell_gin_files("ntu60_xsub", "agcn", True, "paper", ["gin/csre/tc.gin"])
+    assert ntu == ["gin/encoders/agcn.gin", "gin/datasets/ntu60_xsub.gin", "gin/recipes/agcn_ctrgcn_pipeline.gin",
+                   "gin/csre.gin", "gin/profiles/paper.gin", "gin/csre/tc.gin"]
+    for f in ntu:
+        assert (REPO / f).exists(), f
+
+
+def test_missing_dataset_fails_at_once_with_what_to_do(tmp_path):
+    cells = expand("ntu120_xsub", encoders=["ctrgcn"], streams=["joint"], root=tmp_path)
+    t0 = time.monotonic()
+    with pytest.raises(FileNotFoundError, match="ROSE Lab.*dvc repro ntu120"):
+        check_data(cells, str(tmp_path / "ntu120.h5"))
+    with pytest.raises(FileNotFoundError, match="dvc repro ucla"):
+        check_data(expand("ucla", encoders=["hcn"], streams=["joint"], root=tmp_path), str(tmp_path / "u.h5"))
+    assert time.monotonic() - t0 < 5
+
+
+@pytest.mark.slow
+def test_matrix_runs_skips_finished_cells_and_reports_failures(ucla_h5, tmp_path):
+    data = (f"DataConfig.path = '{ucla_h5}'",)
+    cells = expand("ucla", encoders=["hcn"], streams=["joint"], profile="ci", root=tmp_path, extra_params=data)
+    broken = Cell("ucla", "hcn", "bone", False, 1, "ci", tmp_path, (), data + ("Recipe.batch_size = 100000",))
+    lines: list[str] = []
+    result = run_matrix([cells[0], broken, cells[1]], echo=lines.append)
+    assert [c.name for c in result.done] == [c.name for c in cells]  # the failure did not stop the others
+    assert [(c.name, code) for c, code, _ in result.failed] == [(broken.name, 2)]
+    log = result.failed[0][2]
+    assert log == broken.run_dir / "train.log" and "fewer than one batch" in log.read_text()
+    assert any("FAILED" in line and str(log) in line for line in lines)
+    again = run_matrix(cells, echo=lines.append)  # re-running: finished cells are skipped
+    assert [c.name for c in again.skipped] == [c.name for c in cells] and not again.done
+    summary = summarize(cells, tmp_path / "ucla", echo=lines.append)
+    report = json.loads((tmp_path / "ucla" / "ensembles.json").read_text())
+    assert summary["finished"] == 2 and report["groups"]
+
+
+def test_matrix_verb_dry_run_lists_cells(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "harness", "matrix", "ucla", "--profile", "ci", "--encoders", "hcn",
+                          "--streams", "joint,bone", "--root", str(tmp_path), "--dry-run"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    assert out.count("pending") == 4 and "ucla/hcn/bone/csre/seed1" in out
