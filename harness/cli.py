@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -156,82 +157,30 @@ VERBS["eval"] = ("evaluate a checkpoint (official repositories' or ours) on the 
                  _configure_eval, _run_eval)
 
 
-# --------------------------------------------------------------------------- ensemble
+# --------------------------------------------------------------------------- verbs of their own modules
 
-def _configure_ensemble(p: argparse.ArgumentParser) -> None:
-    from harness.ensemble import configure_parser
-    configure_parser(p)
+def module_verb(name: str, module: str, help_text: str) -> None:
+    """Register verb ``name`` whose ``configure_parser(p)`` and ``run(args)`` live in ``module``
+    (imported only when the verb's parser is built or it runs)."""
+    def configure(p: argparse.ArgumentParser) -> None:
+        importlib.import_module(module).configure_parser(p)
 
+    def run(args: argparse.Namespace) -> int:
+        return importlib.import_module(module).run(args)
 
-def _run_ensemble(args: argparse.Namespace) -> int:
-    from harness.ensemble import run
-    return run(args)
-
-
-VERBS["ensemble"] = ("combine the streams of finished runs into 2S and 4S ensembles (published, val- and test-tuned weights)",
-                     _configure_ensemble, _run_ensemble)
+    VERBS[name] = (help_text, configure, run)
 
 
-# --------------------------------------------------------------------------- matrix
-
-def _configure_matrix(p: argparse.ArgumentParser) -> None:
-    from harness.matrix import configure_parser
-    configure_parser(p)
-
-
-def _run_matrix(args: argparse.Namespace) -> int:
-    from harness.matrix import run
-    return run(args)
-
-
-VERBS["matrix"] = ("run a benchmark's cells (encoders x streams x CSRE on/off x seeds) resumably, then ensembles and the paper check",
-                   _configure_matrix, _run_matrix)
-
-
-# --------------------------------------------------------------------------- regression
-
-def _configure_regression(p: argparse.ArgumentParser) -> None:
-    from harness.regression import configure_parser
-    configure_parser(p)
-
-
-def _run_regression(args: argparse.Namespace) -> int:
-    from harness.regression import run
-    return run(args)
-
-
-VERBS["regression"] = ("train the ci-profile cells on tiny real NW-UCLA and compare with the recorded values (--record re-records)",
-                       _configure_regression, _run_regression)
-
-
-# --------------------------------------------------------------------------- paper, report
-
-def _configure_paper(p: argparse.ArgumentParser) -> None:
-    from harness.paper import configure_parser
-    configure_parser(p)
-
-
-def _run_paper(args: argparse.Namespace) -> int:
-    from harness.paper import run
-    return run(args)
-
-
-VERBS["paper"] = ("compare finished paper-profile runs with the paper's Tables 1-8 (tolerances, paired bootstrap)",
-                  _configure_paper, _run_paper)
-
-
-def _configure_report(p: argparse.ArgumentParser) -> None:
-    from harness.report import configure_parser
-    configure_parser(p)
-
-
-def _run_report(args: argparse.Namespace) -> int:
-    from harness.report import run
-    return run(args)
-
-
-VERBS["report"] = ("write a markdown report with figures (per-class gains, t-SNE, curves, confusion, Tables 7-8)",
-                   _configure_report, _run_report)
+module_verb("ensemble", "harness.ensemble",
+            "combine the streams of finished runs into 2S and 4S ensembles (published, val- and test-tuned weights)")
+module_verb("matrix", "harness.matrix",
+            "run a benchmark's cells (encoders x streams x CSRE on/off x seeds) resumably, then ensembles and the paper check")
+module_verb("regression", "harness.regression",
+            "train the ci-profile cells on tiny real NW-UCLA and compare with the recorded values (--record re-records)")
+module_verb("paper", "harness.paper",
+            "compare finished paper-profile runs with the paper's Tables 1-8 (tolerances, paired bootstrap)")
+module_verb("report", "harness.report",
+            "write a markdown report with figures (per-class gains, t-SNE, curves, confusion, Tables 7-8)")
 
 
 # --------------------------------------------------------------------------- entry point

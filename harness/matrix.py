@@ -218,10 +218,10 @@ def summarize(cells: Sequence[Cell], out_dir: Path, *, echo=print) -> dict:
         return summary
     check = paper.check(dirs, ensembles=report)
     write_json(out_dir / "paper_check.json", check)
-    text = paper.format_markdown(check)
-    write_text(out_dir / "paper_check.md", text)
+    write_text(out_dir / "paper_check.md", paper.format_markdown(check))
     summary["paper_check"] = str(out_dir / "paper_check.json")
-    echo(text)
+    echo(paper.format_markdown(check, only_data=True))  # the full table (every paper cell) is in the file
+    echo(f"paper check: {out_dir / 'paper_check.md'}")
     return summary
 
 

@@ -508,10 +508,11 @@ class _Builder:
 
     def results(self) -> None:
         self.lines += ["## Results (last epoch, test)", "", _profiles_line(r.profile for r in self.records), ""]
-        rows = []
+        rows, no_val = [], False
         for key, runs in self.groups.items():
             n = len(runs)
             val = [r.selected_test("best_on_val") for r in runs]
+            no_val = no_val or any(v is None for v in val)
             tst = [r.selected_test("best_on_test") for r in runs]
             epochs = {r.metrics["recipe"].get("epochs") for r in runs if isinstance(r.metrics.get("recipe"), Mapping)}
             done = sum(r.finished for r in runs)
@@ -524,7 +525,9 @@ class _Builder:
         self.lines += _table(["Benchmark", "Encoder", "Stream", "Arm", "Profile", "n", "Seeds",
                               "Top-1 last epoch", "Top-5 last epoch", "Top-1 best on val (honest)",
                               "Top-1 best on test (optimistic)", "Finished"], rows)
-        self.lines += ["", "\"—\" under best on val: the runs had no validation split (`val_fraction = 0`).", ""]
+        if no_val:
+            self.lines += ["", "\"—\" under best on val: the runs had no validation split (`val_fraction = 0`)."]
+        self.lines += [""]
 
     def _paired_seeds(self, base_key: GroupKey, csre_key: GroupKey) -> list[tuple[RunRecord, RunRecord]]:
         base = {r.seed: r for r in self.groups[base_key]}

@@ -307,7 +307,7 @@ class Trainer:
                              generator=epoch_generator(cfg.seed, epoch))
         self.model.train()
         bar = None
-        if cfg.progress and self.world.main:
+        if cfg.progress and self.world.main and sys.stderr.isatty():  # a log file gets one line per epoch
             from tqdm import tqdm
             bar = tqdm(total=total, initial=start, desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False,
                        dynamic_ncols=True, file=sys.stderr)
@@ -453,6 +453,8 @@ class Trainer:
                 self._save({k: state[k] for k in ("history", "cost", "best", "epoch", "step", "accum", "finished")}
                            | {"lr": lr})
                 self._log(live, record)
+                if self.world.main:
+                    print(self._epoch_line(record, train_time), flush=True)
                 barrier(self.world)
                 if interrupt.signum is not None and not state["finished"]:
                     if self.world.main:
@@ -476,6 +478,13 @@ class Trainer:
             record[part] = classification_metrics(logits, labels, self.data.num_class)
             record[part]["loss"] = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels)))
         return record
+
+    def _epoch_line(self, record: dict, seconds: float) -> str:
+        t = record["train"]
+        parts = [f"epoch {record['epoch'] + 1}/{self.recipe.epochs}", f"lr {record['lr']:.4g}",
+                 f"loss {t['loss']:.4f} (CE {t['ce']:.4f}, CSRE {t['contrastive']:.4f})", f"train top-1 {t['top1']:.2f}%"]
+        parts += [f"{p} top-1 {record[p]['top1']:.2f}%" for p in ("val", "test") if p in record]
+        return " | ".join(parts + [f"{seconds:.0f} s"])
 
     def _update_best(self, best: dict, epoch: int, preds: dict) -> None:
         """Keep the logits of the best epoch per part (top-1; the earliest epoch wins ties)."""
