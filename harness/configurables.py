@@ -176,6 +176,52 @@ def build_csre(encoder: Any, num_samples: int, labels: Any, **kwargs: Any):
     return cls(encoder, num_samples, labels, **kwargs)
 
 
+#: contrastive heads a run can train with (``TrainConfig.head``): name -> how to build it
+HEADS = ("csre", "skeletongcl", "frhead")
+
+
+def build_head(name: str, encoder: Any, num_samples: int, labels: Any, **kwargs: Any):
+    """The contrastive head ``name`` around ``encoder``, with its gin bindings (kwargs override them).
+
+    Run-time arguments a head's constructor does not take (``input_shape`` for heads that read no
+    feature-map size) are dropped.
+    """
+    if name == "csre":
+        return build_csre(encoder, num_samples, labels, **kwargs)
+    cls = register_heads().get(name)
+    if cls is None:
+        raise ImportError(f"head {name!r} is not available ({_HEAD_IMPORT_ERRORS.get(name, 'unknown head')}); "
+                          f"known: {', '.join(HEADS)}")
+    params = inspect.signature(cls.__init__ if isinstance(cls, type) else cls).parameters
+    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
+    return cls(encoder, num_samples, labels, **kwargs)
+
+
+# name -> gin-wrapped class of the competitor heads (models/heads/), registered like CSRE
+_HEAD_WRAPPERS: dict[str, Any] = {}
+_HEAD_IMPORT_ERRORS: dict[str, str] = {}
+_HEAD_CLASSES = {"skeletongcl": ("models.heads.skeletongcl", "SkeletonGCL"), "frhead": ("models.heads.frhead", "FRHead")}
+
+
+def register_heads() -> dict[str, Any]:
+    """Register the competitor heads as ``models.<Class>`` with the run-time arguments denylisted."""
+    import importlib
+    for name, (module, cls_name) in _HEAD_CLASSES.items():
+        if name in _HEAD_WRAPPERS:
+            continue
+        try:
+            cls = getattr(importlib.import_module(module), cls_name)
+        except Exception as e:  # noqa: BLE001 - a broken head module must not break runs without it
+            _HEAD_IMPORT_ERRORS[name] = f"{type(e).__name__}: {e}"
+            continue
+        with gin.unlock_config():
+            _HEAD_WRAPPERS[name] = gin.external_configurable(cls, name=cls_name, module="models",
+                                                             denylist=list(CSRE_RUNTIME_ARGS))
+        _HEAD_IMPORT_ERRORS.pop(name, None)
+    return dict(_HEAD_WRAPPERS)
+
+
 _UNSET = object()
 
 
@@ -525,6 +571,8 @@ def parse_gin(files: Sequence[str | os.PathLike] = (), bindings: Sequence[str] =
     """
     register_encoders()
     register_csre()
+    register_heads()
+    import harness.train  # noqa: F401 - registers TrainConfig (profile files bind it)
     _ensure_search_path()
     sources = []
     for f in files:

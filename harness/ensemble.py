@@ -2,7 +2,7 @@
 
 ``python -m harness ensemble RUN_DIR...`` reads each run directory's ``metrics.json`` (its
 ``cell``) and score files (``scores_test.npz``, optional ``scores_val.npz``; see
-:mod:`harness.io`), groups the runs by (benchmark, encoder, csre, seed, profile) and, per group,
+:mod:`harness.io`), groups the runs by (benchmark, encoder, csre, arm, seed, profile) and, per group,
 reports top-1/top-5 (percent, test set) of every stream alone and of every ensemble under:
 
 ``published``
@@ -53,7 +53,7 @@ __all__ = ["ENSEMBLES", "GROUP_KEYS", "STREAMS", "Run", "Published", "Tuned", "a
 
 STREAMS = ("joint", "bone", "joint_motion", "bone_motion")
 ENSEMBLES: dict[str, tuple[str, ...]] = {"2S": ("joint", "bone"), "4S": STREAMS}
-GROUP_KEYS = ("benchmark", "encoder", "csre", "seed", "profile")
+GROUP_KEYS = ("benchmark", "encoder", "csre", "arm", "seed", "profile")
 _SHORT = {"joint": "J", "bone": "B", "joint_motion": "JM", "bone_motion": "BM"}
 
 TUNE_BOUNDS = (0.2, 1.2)  # the official CSRE search box, per weight
@@ -108,6 +108,11 @@ def _check_cell(cell: Any, source: Path) -> dict:
         if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
             raise ValueError(f"{source}: cell {key!r} must be {typ.__name__}, got {value!r}")
         out[key] = value
+    # the arm tells variants apart (csre-sc, csre-tau0.5, a competitor head); older cells lack it
+    arm = cell.get("arm", "csre" if out["csre"] else "base")
+    if not isinstance(arm, str) or not arm:
+        raise ValueError(f"{source}: cell 'arm' must be a non-empty string, got {arm!r}")
+    out["arm"] = arm
     if out["stream"] not in STREAMS:
         raise ValueError(f"{source}: unknown stream {out['stream']!r}; known: {', '.join(STREAMS)}")
     return out

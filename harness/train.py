@@ -64,7 +64,7 @@ import torch.nn.functional as F
 
 from harness import checkpoint as ckpt_lib
 from harness.batches import EpochBatches, epoch_generator, per_class_subset, stratified_holdout
-from harness.configurables import REPO, CrossEntropyLoss, DataConfig, Recipe, build_csre, build_encoder, parse_gin
+from harness.configurables import REPO, CrossEntropyLoss, DataConfig, Recipe, build_encoder, build_head, parse_gin
 from harness.distributed import World, all_reduce_sum, barrier, setup, teardown
 from harness.evaluate import autocast, loader, predict, resolve_device
 from harness.io import Scores, atomic_path, save_scores, write_json, write_text
@@ -87,7 +87,11 @@ class TrainConfig:
 
     ``benchmark`` and ``encoder`` default to the gin macros ``%DATASET`` and ``%ENCODER`` of the
     dataset and encoder files. ``run_dir`` defaults to
-    ``runs/<benchmark>/<encoder>/<stream>/<csre|base>/seed<k>`` (design.md section 3).
+    ``runs/<benchmark>/<encoder>/<stream>/<arm>/seed<k>`` (design.md section 3), where the arm is
+    ``base``, ``csre`` or the head's name, with ``-<tag>`` for a variant (``csre-sc``).
+    ``csre = True`` is the same as ``head = 'csre'``; ``head`` selects a contrastive head
+    (``'csre'``, ``'skeletongcl'``, ``'frhead'``: :data:`harness.configurables.HEADS`).
+    ``tag`` labels a variant of the arm (the matrix sets it: Table 5 and 6 cells).
     ``profile`` labels every number (only ``paper`` is compared with the paper's tables).
     ``train_per_class`` / ``test_per_class``: the first k samples of each class (tiny real CI
     subsets). ``max_steps``: stop each epoch after this many batches (CI). ``deterministic``:
@@ -96,6 +100,8 @@ class TrainConfig:
 
     seed: int = 1
     csre: bool = False
+    head: str | None = None
+    tag: str = ""
     benchmark: str | None = None
     encoder: str | None = None
     run_dir: str | None = None
@@ -118,8 +124,22 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.precision must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
         if self.seed < 0:
             raise ValueError(f"TrainConfig.seed must be >= 0, got {self.seed}")
+        from harness.configurables import HEADS
+        if self.head is not None and self.head not in HEADS:
+            raise ValueError(f"TrainConfig.head must be one of {sorted(HEADS)} or None, got {self.head!r}")
+        if self.csre and self.head not in (None, "csre"):
+            raise ValueError(f"TrainConfig.csre = True contradicts TrainConfig.head = {self.head!r}")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"TrainConfig.val_fraction must be in [0, 1), got {self.val_fraction}")
+
+    @property
+    def head_name(self) -> str | None:
+        """The contrastive head of the run (None: the bare encoder)."""
+        return "csre" if self.csre else self.head
+
+    @property
+    def arm(self) -> str:
+        return (self.head_name or "base") + (f"-{self.tag}" if self.tag else "")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -209,9 +229,10 @@ class Trainer:
                              "%ENCODER), or TrainConfig.benchmark / TrainConfig.encoder")
         self.stream = self.data.modality
         self.cell = {"benchmark": self.benchmark, "encoder": self.encoder_name, "stream": self.stream,
-                     "csre": self.cfg.csre, "seed": self.cfg.seed, "profile": self.cfg.profile}
+                     "csre": self.cfg.head_name == "csre", "head": self.cfg.head_name, "arm": self.cfg.arm,
+                     "seed": self.cfg.seed, "profile": self.cfg.profile}
         self.run_dir = Path(run_dir or self.cfg.run_dir or REPO / "runs" / self.benchmark / self.encoder_name
-                            / self.stream / ("csre" if self.cfg.csre else "base") / f"seed{self.cfg.seed}")
+                            / self.stream / self.cfg.arm / f"seed{self.cfg.seed}")
         self.world = world or World()
         self.device = resolve_device(self.cfg.device)
         if self.device.type == "cuda" and self.world.distributed:
@@ -244,9 +265,9 @@ class Trainer:
                              f"({self.recipe.batch_size}); lower Recipe.batch_size")
         sample_shape = tuple(self.train_set[0][0].shape)  # (C, T, V, M) as the encoder sees it
         self.model: torch.nn.Module = self.encoder
-        if cfg.csre:
-            self.model = build_csre(self.encoder, len(self.train_set), torch.as_tensor(self.train_set.labels),
-                                    input_shape=sample_shape, seed=cfg.seed)
+        if cfg.head_name is not None:
+            self.model = build_head(cfg.head_name, self.encoder, len(self.train_set),
+                                    torch.as_tensor(self.train_set.labels), input_shape=sample_shape, seed=cfg.seed)
         self.model.to(self.device)
         self.criterion = CrossEntropyLoss()
         self.optimizer = self.recipe.make_optimizer(self.model.parameters())
@@ -319,7 +340,7 @@ class Trainer:
                 x, y, index = x.to(self.device), y.to(self.device), index.to(self.device)
                 self.optimizer.zero_grad(set_to_none=True)
                 with autocast(self.device, cfg.precision):
-                    if cfg.csre:
+                    if cfg.head_name is not None:
                         out = self.net(x, y, index)
                         logits, contrastive = out.logits, out.contrastive
                     else:
@@ -573,7 +594,7 @@ class Trainer:
 
     def summary(self, metrics: dict) -> str:
         c = self.cell
-        lines = [f"\n== {c['benchmark']} / {c['encoder']} / {c['stream']} / {'CSRE' if c['csre'] else 'baseline'} "
+        lines = [f"\n== {c['benchmark']} / {c['encoder']} / {c['stream']} / {c['arm']} "
                  f"/ seed {c['seed']} (profile {c['profile']}) ==", f"run dir: {self.run_dir}"]
         last = metrics["last"]
         if last is not None:

@@ -79,7 +79,8 @@ def test_two_epoch_run_writes_the_run_directory(ucla_h5, tmp_path, encoder, csre
                  "dvclive", "dvclive/dvc.yaml"):
         assert (run_dir / name).exists(), name
     assert m["finished"] and m["epochs_done"] == 2
-    assert m["cell"] == {"benchmark": "ucla", "encoder": encoder, "stream": "joint", "csre": csre, "seed": 1,
+    assert m["cell"] == {"benchmark": "ucla", "encoder": encoder, "stream": "joint", "csre": csre,
+                         "head": "csre" if csre else None, "arm": "csre" if csre else "base", "seed": 1,
                          "profile": "ci"}
     assert json.loads((run_dir / "metrics.json").read_text())["last"] == m["last"]
     for rec in m["history"]:
