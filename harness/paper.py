@@ -80,6 +80,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -338,12 +339,29 @@ def setting_label(overrides: Mapping[str, Any]) -> str:
     return ", ".join(diff) if diff else DEFAULT_LABEL
 
 
+def head_label(head: str) -> str:
+    """The setting label of a competitor head's runs (``TrainConfig.head``)."""
+    return f"head={head}"
+
+
+def _head_of(run_dir: str | Path) -> str | None:
+    """The competitor head a run trained with (cell 'head' of its metrics.json), None for base / CSRE."""
+    try:
+        head = json.loads((Path(run_dir) / "metrics.json").read_text()).get("cell", {}).get("head")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return head if isinstance(head, str) and head != "csre" else None
+
+
 def read_setting(run_dir: str | Path, csre: bool) -> tuple[str | None, str]:
     """``(setting label or None for a baseline, where it came from)`` of a run directory.
 
     Reads the ``CSRE.<arg> = value`` bindings of ``config.gin`` (the last binding of an argument
     wins). Without ``config.gin`` the default setting is assumed, and the source says so.
     """
+    head = _head_of(run_dir)
+    if head is not None:  # a competitor head (Table 4): its own setting, never the baseline's
+        return head_label(head), "metrics.json cell"
     if not csre:
         return None, "baseline"
     path = Path(run_dir) / "config.gin"
@@ -439,7 +457,9 @@ ROW_TARGETS: dict[str, dict[str, RowTarget | str]] = {
     },
     "table4_contrastive_methods": {
         **_pair("CTR-GCN", "ctrgcn"), **_pair("Hyperformer", "hyperformer"),
-        "CTR-GCN w/GAP": OTHER_ADDON, "CTR-GCN w/SkeletonGCL": OTHER_ADDON, "CTR-GCN w/FR Head": OTHER_ADDON,
+        "CTR-GCN w/GAP": OTHER_ADDON,
+        "CTR-GCN w/SkeletonGCL": RowTarget("ctrgcn", False, head_label("skeletongcl")),
+        "CTR-GCN w/FR Head": RowTarget("ctrgcn", False, head_label("frhead")),
     },
     "table5_contrastive_strategy": {
         "CTR-GCN (w/o contrast)": RowTarget("ctrgcn", False, None),
@@ -800,6 +820,9 @@ class _Ensembles:
 
     @staticmethod
     def _setting(group: Mapping[str, Any], csre: bool) -> tuple[str | None, str]:
+        arm = str(group.get("arm") or "")
+        if arm and not csre and arm != "base" and not arm.startswith("base-"):
+            return head_label(arm.split("-")[0]), "ensemble group arm"
         if not csre:
             return None, "baseline"
         found, sources = set(), set()
@@ -1092,7 +1115,7 @@ def check(run_dirs: Sequence[str | Path], ensembles: str | Path | Mapping[str, A
             "unmapped": unmapped, "not_ours": not_ours})
     unplaced_runs = [{"run_dir": str(r.run_dir), "cell": r.cell, "setting": r.setting,
                       "reason": f"no paper cell for {r.cell['benchmark']} / {r.cell['encoder']} / {r.cell['stream']} / "
-                                + ("CSRE " + str(r.setting) if r.cell["csre"] else "base")}
+                                + ("CSRE " + str(r.setting) if r.cell["csre"] else (r.setting or "base"))}
                      for r in runs.all if r.key not in checker.referenced]
     all_entries = [e for t in out_tables for e in t["entries"]]
     summary: dict[str, int] = {}
@@ -1138,7 +1161,10 @@ def _paper_text(p: dict) -> str:
 
 
 def _target_text(t: dict) -> str:
-    variant = ("CSRE" + ("" if t["setting"] == DEFAULT_LABEL else f" [{t['setting']}]")) if t["csre"] else "base"
+    if t["csre"]:
+        variant = "CSRE" + ("" if t["setting"] == DEFAULT_LABEL else f" [{t['setting']}]")
+    else:
+        variant = t["setting"] or "base"  # a competitor head: head=<name>
     return f"{t['benchmark']} {t['encoder']} {t['stream']} {variant}"
 
 

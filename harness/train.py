@@ -402,19 +402,31 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------
 
+    def _rng_state(self) -> dict:
+        """Every RNG state of this process; under DDP those of all ranks (each rank draws its own
+        dropout / noise), gathered to the main process. Called by every rank."""
+        state = ckpt_lib.capture_rng()
+        if not self.world.distributed:
+            return state
+        import torch.distributed as dist
+        states: list = [None] * self.world.size
+        dist.all_gather_object(states, state)
+        return {"per_rank": states}
+
     def _save(self, state: dict) -> None:
+        rng = self._rng_state()  # a collective under DDP: before the main-process-only write
         if not self.world.main:
             return
         ckpt_lib.save(self.run_dir / "checkpoint.pt", {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": None if self.scaler is None else self.scaler.state_dict(),
-            "rng": ckpt_lib.capture_rng(), "config": self._fingerprint(), "cell": self.cell, **state})
+            "rng": rng, "config": self._fingerprint(), "cell": self.cell, "world_size": self.world.size, **state})
 
     def _load(self) -> dict | None:
         path = self.run_dir / "checkpoint.pt"
         if not path.exists():
             return None
-        ck = ckpt_lib.load(path, map_location=self.device)
+        ck = ckpt_lib.load(path, map_location="cpu")  # RNG states must stay CPU tensors; load_state_dict moves the rest
         if ck["config"] != self._fingerprint():
             raise ValueError(f"{path}: written under a different gin configuration; refusing to resume "
                              f"(see {self.run_dir / 'config.gin'}; use another --run_dir to start afresh)")
@@ -422,7 +434,17 @@ class Trainer:
         self.optimizer.load_state_dict(ck["optimizer"])
         if self.scaler is not None and ck["scaler"] is not None:
             self.scaler.load_state_dict(ck["scaler"])
-        ckpt_lib.restore_rng(ck["rng"])
+        rng = ck["rng"]
+        if "per_rank" in rng:
+            saved = len(rng["per_rank"])
+            if saved != self.world.size:
+                raise ValueError(f"{path}: written by {saved} processes, resumed with {self.world.size}; an exact "
+                                 f"resume needs the same number (torchrun --nproc_per_node={saved})")
+            rng = rng["per_rank"][self.world.rank]
+        elif self.world.distributed:
+            raise ValueError(f"{path}: written by one process, resumed with {self.world.size}; an exact resume "
+                             f"needs the same number")
+        ckpt_lib.restore_rng(rng)
         return ck
 
     # -- the run -----------------------------------------------------------------------------

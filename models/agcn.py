@@ -28,7 +28,9 @@ class AGCNUnitGCN(nn.Module):
     """Official ``unit_gcn`` of 2s-AGCN (adaptive graph convolution, one branch per subset).
 
     ``A`` (the fixed graph) is a non-persistent buffer: the official keeps it as a plain attribute,
-    so it is not in official checkpoints, yet it must follow ``.to(device)``.
+    so it is not in official checkpoints, yet it must follow ``.to(device)``. ``attention_tap`` is a
+    stateless ``nn.Identity`` the raw product ``θ(x)ᵀφ(x)`` (N·M, V, V) of every subset passes
+    through (once per subset, in order), for forward hooks (:mod:`models.heads.skeletongcl`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, A: Tensor, coff_embedding: int = 4,
@@ -53,6 +55,10 @@ class AGCNUnitGCN(nn.Module):
         else:
             self.down = nn.Identity()
         self.bn = nn.BatchNorm2d(out_channels)
+        # Stateless pass-through of the raw attention product θ(x)ᵀφ(x) of each subset (called once
+        # per subset, in subset order), so that add-ons can read it with a forward hook
+        # (SkeletonGCL contrasts l10's); no parameters, so the state_dict is unchanged.
+        self.attention_tap = nn.Identity()
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -70,7 +76,8 @@ class AGCNUnitGCN(nn.Module):
         for i in range(self.num_subset):
             theta = self.conv_a[i](x).permute(0, 3, 1, 2).contiguous().view(N, V, self.inter_c * T)  # (N, V, C'·T)
             phi = self.conv_b[i](x).view(N, self.inter_c * T, V)  # (N, C'·T, V)
-            attention = torch.softmax(torch.matmul(theta, phi) / theta.size(-1), dim=-2)  # (N, V, V)
+            product = self.attention_tap(torch.matmul(theta, phi))  # (N, V, V) raw A1·A2
+            attention = torch.softmax(product / theta.size(-1), dim=-2)  # (N, V, V)
             adjacency = attention + A[i]  # (N, V, V)
             z = torch.matmul(x.view(N, C * T, V), adjacency).view(N, C, T, V)  # aggregate joints
             z = self.conv_d[i](z)  # (N, C_out, T, V)

@@ -28,7 +28,10 @@ class CTRGC(nn.Module):
     ``conv1``/``conv2`` embed joints (time-averaged) into ``rel_channels``; the tanh of their pairwise
     differences, lifted to ``out_channels`` by ``conv4`` and scaled by ``alpha``, is added to the
     shared topology ``A`` to give one (V, V) topology per output channel, which aggregates ``conv3(x)``.
-    Raw 3-D (or 9-D) input gets fixed widths 8/16 as in the official code.
+    Raw 3-D (or 9-D) input gets fixed widths 8/16 as in the official code. The output of ``conv4``
+    (N·M, C_out, V, V) is the refined topology before ``alpha`` (what the SkeletonGCL variant of
+    the official code returns); :mod:`models.heads.skeletongcl` reads it with a forward hook on
+    ``conv4``, so keep it a separate module call.
     """
 
     def __init__(self, in_channels: int, out_channels: int, rel_reduction: int = 8, mid_reduction: int = 1) -> None:

@@ -50,7 +50,8 @@ def test_missing_dataset_fails_at_once_with_what_to_do(tmp_path):
 
 
 @pytest.mark.slow
-def test_matrix_runs_skips_finished_cells_and_reports_failures(ucla_h5, tmp_path):
+def test_matrix_runs_skips_finished_cells_and_reports_failures(ucla_h5, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the cells' trainers: no thread oversubscription on small machines
     data = (f"DataConfig.path = '{ucla_h5}'",)
     cells = expand("ucla", encoders=["hcn"], streams=["joint"], profile="ci", root=tmp_path, extra_params=data)
     broken = Cell("ucla", "hcn", "bone", False, 1, "ci", tmp_path, (), data + ("Recipe.batch_size = 100000",))
@@ -73,3 +74,25 @@ def test_matrix_verb_dry_run_lists_cells(tmp_path):
                           "--streams", "joint,bone", "--root", str(tmp_path), "--dry-run"], cwd=REPO,
                          capture_output=True, text=True, check=True).stdout
     assert out.count("pending") == 4 and "ucla/hcn/bone/csre/seed1" in out
+
+
+def test_matrix_verb_shard_dry_run_lists_every_nth_cell(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "harness", "matrix", "ucla", "--profile", "ci", "--encoders", "hcn",
+                          "--streams", "joint,bone", "--root", str(tmp_path), "--shard", "2/2", "--dry-run"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    lines = out.splitlines()
+    assert "shard 2/2: 2 of 4 cells" in lines[0]
+    assert [line.split()[:2] for line in lines[1:]] == [["pending", "ucla/hcn/joint/csre/seed1"],
+                                                        ["pending", "ucla/hcn/bone/csre/seed1"]]
+
+
+def test_a_cell_claimed_by_a_live_owner_is_skipped_as_running_elsewhere(tmp_path):
+    from harness.launch import Claim
+    cell = expand("ucla", encoders=["hcn"], streams=["joint"], csre=[False], profile="ci", root=tmp_path)[0]
+    claim = Claim(cell.run_dir, launcher="elsewhere")
+    assert claim.acquire() == (True, None)
+    lines: list[str] = []
+    result = run_matrix([cell], echo=lines.append)
+    assert not result.done and not result.failed and [c.name for c, _ in result.elsewhere] == [cell.name]
+    assert "running elsewhere" in lines[0] and not (cell.run_dir / "train.log").exists()
+    claim.release()

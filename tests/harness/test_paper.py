@@ -108,7 +108,10 @@ def test_every_cell_of_the_real_file_parses_and_maps():
                     assert target.benchmark in {"ntu60_xsub", "ntu60_xview", "ntu120_xsub", "ntu120_xset", "ucla"}
                     assert target.stream in {"joint", "bone", "2S", "4S"}
                     assert (target.source == "ensemble") == (target.stream in ("2S", "4S"))
-                    assert target.csre == ("w/" in row.name and "w/o" not in row.name or t.id == "table6_sampling")
+                    head = row.name in ("CTR-GCN w/SkeletonGCL", "CTR-GCN w/FR Head")  # competitor heads, not CSRE
+                    assert target.csre == (("w/" in row.name and "w/o" not in row.name and not head)
+                                           or t.id == "table6_sampling")
+                    assert (target.setting or "").startswith("head=") == head
     assert kinds["reported"] > 200 and kinds["lost"] > 50 and kinds["not_reported"] > 30
     # the check walks every cell of the real file without data without crashing
     report = paper.check([])
@@ -529,3 +532,22 @@ def test_verb_exit_codes_and_outputs(tmp_path, capsys):
     assert "FAIL: 1 comparable cell(s)" in capsys.readouterr().out
     with pytest.raises(ValueError):
         paper.run(parse([str(ok), "--resamples", "0"]))
+
+
+def test_competitor_head_runs_fill_their_table4_rows(tmp_path):
+    """A SkeletonGCL / FR-Head run (cell 'head') is its own Table 4 row, never the baseline's."""
+    n = 1000
+    base = make_run(tmp_path, "ntu120_xsub", "ctrgcn", "joint", False, 1, hits_with(849, n))
+    runs = [base]
+    for head, k in (("skeletongcl", 856), ("frhead", 850)):
+        d = make_run(tmp_path / head, "ntu120_xsub", "ctrgcn", "joint", False, 1, hits_with(k, n))
+        m = json.loads((d / "metrics.json").read_text())
+        m["cell"].update(head=head, arm=head)
+        write_json(d / "metrics.json", m)
+        runs.append(d)
+    report = paper.check(runs)
+    assert entry(report, "table4_contrastive_methods", "CTR-GCN", "acc")["ours"]["mean"] == pytest.approx(84.9)
+    sgcl = entry(report, "table4_contrastive_methods", "CTR-GCN w/SkeletonGCL", "acc")
+    assert sgcl["ours"]["mean"] == pytest.approx(85.6) and sgcl["verdict"] == "pass"
+    fr = entry(report, "table4_contrastive_methods", "CTR-GCN w/FR Head", "acc")
+    assert fr["ours"]["mean"] == pytest.approx(85.0) and fr["verdict"] == "pass"  # 85.0 vs 85.5: within 0.5 pp

@@ -305,3 +305,49 @@ def test_torchrun_two_processes_on_cpu(ucla_h5, tmp_path):
     assert rec["samples"] == (run["train_samples"] // 8) * 8  # global batches of 8, summed over ranks
     assert np.isfinite(rec["loss"]) and rec["contrastive"] > 0
     assert run["bn_batch"] == 4
+
+
+def test_torchrun_resume_after_sigterm_equals_uninterrupted(ucla_h5, tmp_path):
+    """Two processes (gloo), HCN (dropout: every rank draws its own masks), stopped by SIGTERM to
+    torchrun once an epoch is checkpointed, then resumed with two processes: same numbers."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                "-m", "harness", "train"]
+    extra = ("Recipe.epochs = 3",)
+
+    def args(run_dir):
+        return cli_args(ucla_h5, run_dir, encoder="hcn", csre=True, extra=extra)
+
+    ref = subprocess.run(torchrun + args(tmp_path / "ref"), cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert ref.returncode == 0, ref.stdout + ref.stderr
+    cut = tmp_path / "cut"
+    with subprocess.Popen(torchrun + args(cut), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True) as proc:
+        deadline = time.monotonic() + 600
+        while not (cut / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0 or json.loads((cut / "metrics.json").read_text())["finished"], out
+    res = subprocess.run(torchrun + args(cut) + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert res.returncode == 0, res.stdout + res.stderr
+    a = json.loads((tmp_path / "ref" / "metrics.json").read_text())
+    b = json.loads((cut / "metrics.json").read_text())
+    assert_same(a["history"], b["history"], "history")
+    same_checkpoints(tmp_path / "ref" / "checkpoint.pt", cut / "checkpoint.pt")
+
+
+@pytest.mark.parametrize("head", ["skeletongcl", "frhead"])
+def test_competitor_heads_train_through_the_trainer(ucla_h5, tmp_path, head):
+    files = cell_files("ctrgcn") + [f"gin/heads/{head}.gin"]
+    params = cell_params(ucla_h5, f"TrainConfig.head = '{head}'", "models.SkeletonGCL.K_pos = 2",
+                         "models.SkeletonGCL.K_hard = 8", "models.SkeletonGCL.K_rand = 8")
+    m = train(files, params, run_dir=tmp_path / head)
+    assert m["finished"] and m["cell"]["head"] == head and m["cell"]["arm"] == head and not m["cell"]["csre"]
+    assert any(rec["train"]["contrastive"] > 0 for rec in m["history"])
+    ck = ckpt_lib.load(tmp_path / head / "checkpoint.pt")
+    assert any(k.startswith("encoder.") for k in ck["model"])  # the head wraps the encoder; export drops it
+    with pytest.raises(ValueError, match="contradicts"):
+        train(files, params + ["TrainConfig.csre = True"], run_dir=tmp_path / "bad")
