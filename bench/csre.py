@@ -35,7 +35,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # allow `python bench/csre.py` as well as `python -m bench.csre`
     sys.path.insert(0, str(REPO))
 
+from bench.timing import timed  # noqa: E402
 from models.csre import CSRE, MemoryBank, class_slot_table, csre_infonce  # noqa: E402
 from models.ctrgcn import CTRGCN  # noqa: E402
 
@@ -123,24 +123,6 @@ def vectorised_loss(f: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, 
 
 
 # ---------------------------------------------------------------------------------- timing
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        out.append(time.perf_counter() - t0)
-    return out
-
 
 def bench_loss(args: argparse.Namespace, device: torch.device, counts: torch.Tensor) -> dict:
     bank = make_bank(counts, args.dim, device)

@@ -64,6 +64,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # allow `python bench/encoders.py` as well as `python -m bench.encoders`
     sys.path.insert(0, str(REPO))
 
+from bench.timing import sync, timed  # noqa: E402
 from harness.models_table import BENCHMARKS, Benchmark, build_from_gin  # noqa: E402
 from data.feeder import to_spine_relative  # noqa: E402
 from models import registry  # noqa: E402
@@ -77,11 +78,6 @@ COMPILE_RTOL = 1e-3
 
 
 # ---------------------------------------------------------------------------------- helpers
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
@@ -131,19 +127,6 @@ def check_mode(mode: str, device: torch.device) -> None:
 
 # ---------------------------------------------------------------------------------- one mode
 
-def time_steps(step: Callable[[], object], device: torch.device, steps: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        step()
-    sync(device)
-    out = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        sync(device)
-        out.append(time.perf_counter() - t0)
-    return out
-
-
 def run_mode(mode: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device,
              steps: int, warmup: int) -> dict:
     """Outputs check (eval mode) then the timed train-mode steps of ``mode`` on ``model``."""
@@ -188,7 +171,7 @@ def run_mode(mode: str, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor
         step()
         sync(device)
         out["compile_s"] = time.perf_counter() - t0
-    times = time_steps(step, device, steps, warmup)
+    times = timed(step, device, steps, warmup)
     med = statistics.median(times)
     out.update(step_s=med, step_min_s=min(times), samples_per_s=x.shape[0] / med, times_s=times)
     if device.type == "cuda":

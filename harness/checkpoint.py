@@ -73,9 +73,10 @@ def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> d
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
         raise ValueError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a csre-bench training checkpoint (format {ckpt.get('format')!r} "
-                         if isinstance(ckpt, dict) else f"{path}: not a csre-bench training checkpoint")
+    found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+    if found != FORMAT:
+        raise ValueError(f"{path}: not a csre-bench training checkpoint (found {found!r}, expected {FORMAT!r}); "
+                         f"official checkpoints are evaluated with `python -m harness eval`")
     return ckpt
 
 

@@ -117,8 +117,9 @@ def evaluate_checkpoint(checkpoint: str | Path, gin_files: Sequence[str], gin_pa
     except RuntimeError as e:
         raise ValueError(f"{path}: does not fit the encoder built from {list(gin_files)}: {e}") from None
     encoder.to(dev)
-    if subset is None and TrainConfig().test_per_class is not None:  # the CI subsets a run trained with
-        subset = per_class_subset(data.feeder("test").labels, TrainConfig().test_per_class)
+    per_class = TrainConfig().test_per_class
+    if subset is None and per_class is not None:  # the CI subsets a run trained with
+        subset = per_class_subset(data.feeder("test").labels, per_class)
     feeder = data.feeder("test", subset=subset, with_joints=bool(getattr(encoder, "wants_joints", False)))
     logits, labels = predict(encoder, feeder, batch_size=batch_size or recipe.test_batch_size, device=dev,
                              num_workers=num_workers)

@@ -56,6 +56,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from harness.matrix import REPO, Cell, MatrixResult
+from harness.signals import SignalCatcher
 
 __all__ = ["CLAIM", "Claim", "CellJob", "SlurmOptions", "cell_state", "executor_parameters", "parse_shard",
            "pid_alive", "run_slurm", "shard_cells", "start_child"]
@@ -196,25 +197,16 @@ def wait_exited(pid: int, timeout: float) -> bool:
     return True
 
 
-class forward_signals:
+class forward_signals(SignalCatcher):
     """While active (main thread), SIGTERM and SIGINT are passed on to the running child once each
     (the trainer writes its checkpoint and exits 3) and recorded in ``signum``; the caller then
     stops starting new cells."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.proc: subprocess.Popen | None = None
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
 
-    def __enter__(self) -> "forward_signals":
-        for s in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread
-                pass
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
+    def handle(self, signum: int) -> None:
         self.signum = signum
         proc = self.proc
         if proc is not None and proc.returncode is None:
@@ -222,10 +214,6 @@ class forward_signals:
                 os.kill(proc.pid, signum)
             except ProcessLookupError:
                 pass
-
-    def __exit__(self, *exc: Any) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
 
 
 # --------------------------------------------------------------------------- claims

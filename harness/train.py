@@ -43,13 +43,10 @@ Departures from the official trainers (each is an option or documented):
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
 import platform
 import random
 import resource
-import signal
 import subprocess
 import sys
 import time
@@ -68,6 +65,7 @@ from harness.configurables import REPO, CrossEntropyLoss, DataConfig, Recipe, bu
 from harness.distributed import World, all_reduce_sum, barrier, setup, teardown
 from harness.evaluate import autocast, loader, predict, resolve_device
 from harness.io import Scores, atomic_path, save_scores, write_json, write_text
+from harness.signals import SignalCatcher
 
 __all__ = ["NonFiniteLoss", "TrainConfig", "Trainer", "train"]
 
@@ -187,30 +185,15 @@ def _peak_memory_mb(device: torch.device) -> dict[str, float]:
     return out
 
 
-class _Interrupt:
-    """SIGTERM / SIGINT set a flag; the loop writes a checkpoint at the next batch and stops."""
+class _Interrupt(SignalCatcher):
+    """SIGTERM / SIGINT set a flag; the loop writes a checkpoint at the next batch and stops.
+    A second signal gives up at once."""
 
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> "_Interrupt":
-        for s in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._old[s] = signal.signal(s, self._handle)
-            except ValueError:  # not the main thread: no signal handling
-                pass
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:  # a second signal: give up at once
-            signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+    def handle(self, signum: int) -> None:
+        if self.signum is not None:
+            self.restore(signum)
             raise KeyboardInterrupt
         self.signum = signum
-
-    def __exit__(self, *exc: Any) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
 
 
 class Trainer:
@@ -451,7 +434,7 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> dict[str, Any] | None:
         """Train to the end (or until interrupted: returns None). Returns the final metrics."""
-        cfg, recipe = self.cfg, self.recipe
+        recipe = self.recipe
         if self.world.main and not resume and (self.run_dir / "checkpoint.pt").exists():
             raise FileExistsError(f"{self.run_dir} already holds a run; pass --resume to continue it, or "
                                   f"choose another --run_dir")
@@ -489,7 +472,7 @@ class Trainer:
                 state["history"].append(record)
                 state["cost"].append({"epoch": epoch, "train_seconds": train_time, "eval_seconds": eval_time,
                                       "train_samples": accum["count"], **_peak_memory_mb(self.device)})
-                self._update_best(state["best"], epoch, preds)
+                self._update_best(state["best"], epoch, preds, record)
                 state.update(epoch=epoch + 1, step=0, accum=None, finished=epoch + 1 >= recipe.epochs)
                 if self.world.main:
                     self._write_scores(preds, state["best"], epoch)
@@ -529,10 +512,10 @@ class Trainer:
         parts += [f"{p} top-1 {record[p]['top1']:.2f}%" for p in ("val", "test") if p in record]
         return " | ".join(parts + [f"{seconds:.0f} s"])
 
-    def _update_best(self, best: dict, epoch: int, preds: dict) -> None:
-        """Keep the logits of the best epoch per part (top-1; the earliest epoch wins ties)."""
+    def _update_best(self, best: dict, epoch: int, preds: dict, record: dict) -> None:
+        """Keep the logits of the best epoch per part (top-1 of ``record``; the earliest epoch wins ties)."""
         for part, (logits, labels) in preds.items():
-            top1 = float((logits.argmax(1) == labels).mean()) if len(labels) else 0.0
+            top1 = record[part]["top1"]
             if part not in best or top1 > best[part]["top1"]:
                 best[part] = {"epoch": epoch, "top1": top1, "logits": logits, "labels": labels}
 

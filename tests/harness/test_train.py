@@ -351,3 +351,13 @@ def test_competitor_heads_train_through_the_trainer(ucla_h5, tmp_path, head):
     assert any(k.startswith("encoder.") for k in ck["model"])  # the head wraps the encoder; export drops it
     with pytest.raises(ValueError, match="contradicts"):
         train(files, params + ["TrainConfig.csre = True"], run_dir=tmp_path / "bad")
+
+
+def test_fp16_max_steps_and_worker_processes(ucla_h5, tmp_path):
+    """fp16 autocast with its GradScaler, the per-epoch step cap and DataLoader worker processes."""
+    params = cell_params(ucla_h5, "Recipe.epochs = 1", "TrainConfig.precision = 'fp16'", "TrainConfig.max_steps = 2",
+                         "TrainConfig.num_workers = 1")
+    m = train(cell_files("hcn"), params, run_dir=tmp_path / "r")
+    assert m["precision"] == "fp16" and m["finished"]
+    assert m["history"][0]["train"]["samples"] == 2 * 8  # two batches of 8, not the whole epoch
+    assert ckpt_lib.load(tmp_path / "r" / "checkpoint.pt")["scaler"] is not None
