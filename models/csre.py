@@ -30,14 +30,17 @@ Where this module departs from, or goes beyond, the official code:
 
 * **No host synchronisation** (except a one-off seed check under DDP), **no per-anchor loop, no
   full sort**: masks, ``topk`` on masked similarities, gathers and a row weight replace the Python
-  loop with its ``continue``. A batch with no valid anchor yields a 0-dim zero that is still part
+  loop with its ``continue`` (the only sorts are of the random draws and of a class's slots, never
+  along the bank). A batch with no valid anchor yields a 0-dim zero that is still part
   of the graph (zero gradient), instead of the official ``torch.zeros(1)`` without a graph that
   the official trainer skips with ``if loss > 0`` (adding an exact zero is equivalent and needs no
   sync).
 * **Random draws** come from a ``torch.Generator`` owned by :class:`CSRE` and seeded with ``seed``
   (its state is in the state_dict, so a resumed run draws the same negatives), instead of Python's
-  global ``random``. The draw is "uniform random keys, ``topk`` over the allowed slots", which is a
-  uniform draw without replacement. Recorded draws can be injected (:meth:`CSRE.inject_draws`, or
+  global ``random``. A draw picks k distinct uniformly random *ranks* in the anchor's set
+  (:func:`random_ranks`, whose cost does not grow with the bank) and maps them to bank rows through
+  running counts (:class:`SampleSpace`): a uniform draw without replacement, like the official
+  ``random.sample``, without keys for all S slots. Recorded draws can be injected (:meth:`CSRE.inject_draws`, or
   the ``draw`` argument of :func:`csre_infonce`).
 * The loss runs in **float32** even under autocast (the official matmul runs in fp16 under AMP);
   features are normalised with ``F.normalize`` (eps 1e-12 instead of a bare division).
@@ -71,7 +74,8 @@ from models.encoder import Encoder, mean_pool
 
 __all__ = [
     "STFD", "MemoryBank", "InfoNCE", "CSREOutput", "CSRE", "SampleSpace", "csre_infonce", "class_slot_table",
-    "draw_from", "fifo_share", "fixed_draws", "mask_space", "random_keys", "random_rows", "VARIANTS", "STRATEGIES",
+    "column_of_rank", "complement_space", "draw_ranks", "draw_widths", "fifo_share", "fixed_draws", "mask_space",
+    "random_ranks", "random_rows", "VARIANTS", "STRATEGIES",
 ]
 
 #: variant -> contrasted branches: s = STFD spatial, t = STFD temporal, g = global pooled feature.
@@ -85,16 +89,22 @@ SMALL_CLASS_POLICIES = ("error", "skip", "clamp")
 
 
 class SampleSpace(NamedTuple):
-    """Where a set is selected from, for ``topk`` and for a ``draw`` function (see :func:`csre_infonce`).
+    """One set per anchor that a selection draws from (see :func:`csre_infonce`).
 
-    ``width`` key columns per anchor (the bank's S, or the anchor's candidate positives);
-    ``restrict(keys)`` sets the keys (n, width) of the columns outside the set to -inf, **in
-    place**, and returns them; ``to_rows(columns)`` maps chosen columns (n, k) to bank rows.
+    Hard selection: ``width`` key columns per anchor (the bank's S, or the anchor's candidate
+    positives); ``restrict(keys)`` sets the keys (n, width) of the columns outside the set to
+    -inf, **in place**, and returns them; ``to_rows(columns)`` maps chosen columns (n, k) to bank
+    rows. Random draws: ``count`` (n,) members of each anchor's set; ``rank_rows(ranks)`` maps
+    ranks (n, k) in ``[0, count)`` to bank rows, the r-th member of a fixed enumeration of the set
+    (a bijection per anchor, so uniformly random distinct ranks are uniformly random distinct
+    members).
     """
 
     width: int
     restrict: Callable[[Tensor], Tensor]
     to_rows: Callable[[Tensor], Tensor]
+    count: Tensor
+    rank_rows: Callable[[Tensor], Tensor]
 
 
 #: ``draw(kind, k, space) -> (n, k)`` bank rows; kind is "pos" or "neg". Rows must come in random
@@ -264,37 +274,114 @@ class InfoNCE(NamedTuple):
     per_anchor: Tensor  #: (n,) mean over the anchor's rows, NaN for skipped anchors
 
 
-def random_keys(n: int, width: int, generator: torch.Generator | None = None, device: torch.device | str = "cpu", *,
-                total_rows: int | None = None, row_offset: int = 0) -> Tensor:
-    """Uniform keys (n, width). ``total_rows`` / ``row_offset``: draw keys for a larger batch and keep
-    rows ``[row_offset, row_offset + n)``. Under DDP every rank draws the global batch with the same
-    generator and keeps its own part, so the draws equal a single-process run and the generators
-    stay identical across ranks."""
-    total = n if total_rows is None else total_rows
-    return torch.rand(total, width, generator=generator, device=device)[row_offset:row_offset + n]
+def draw_widths(k: int) -> tuple[int, int]:
+    """(L, m) of :func:`random_ranks` for sets of size k: key width and number of with-replacement draws."""
+    return 4 * k, 2 * k + 64
 
 
-def draw_from(space: SampleSpace, keys: Tensor, k: int, ordered: bool = True) -> Tensor:
-    """k distinct uniformly random members of each row's set: keys (n, width) -> bank rows (n, k).
+def random_ranks(count: Tensor, k: int, generator: torch.Generator | None = None, *,
+                 total_rows: int | None = None, row_offset: int = 0) -> Tensor:
+    """k distinct uniformly random ranks in ``[0, count[i])`` per row, in random order: (n,) -> (n, k).
 
-    Keys of columns outside the set become -inf and ``topk`` keeps the k largest: a uniform draw
-    without replacement whenever a row's set has at least k members (rows with fewer get their
-    members first, then arbitrary columns; :func:`csre_infonce` gates those anchors out). With
-    ``ordered`` the members come in random order, so every prefix is itself a uniform draw (the
-    clamp policy uses prefixes); without it the order is unspecified (a cheaper unsorted ``topk``).
+    The cost does not depend on the set sizes (a bank of 63k slots costs what a bank of 1k does):
+
+    * ``count <= L = 4k``: uniform keys over L columns, columns ``>= count`` set to -inf, ``topk``:
+      a uniform draw without replacement, in random order (the keys' order);
+    * ``count > L``: ``m = 2k + 64`` independent uniform draws from ``[0, count)`` (with
+      replacement); the first k *distinct* values in draw order are the set. Rejecting repeats
+      one by one is sequential sampling without replacement, so the set is uniform and its order
+      random. It needs at least k distinct values among the m draws; for ``count > 4k`` the
+      probability that they are fewer is below 1e-40 per row (union bound
+      ``C(c, k-1)·((k-1)/c)^m``, checked in the tests for k up to 4096). In that event, never
+      observed, the set would repeat a member.
+
+    Keys and draws are float64 (53 random bits: ties and the rounding of ``floor(u·count)``
+    are negligible). Rows with fewer than k members get arbitrary ranks clamped to
+    ``[0, count - 1]`` (:func:`csre_infonce` gates those anchors out).
+
+    ``total_rows`` / ``row_offset``: draw for a larger batch and keep rows ``[row_offset,
+    row_offset + n)``. Under DDP every rank draws the global batch with the same generator and
+    keeps its own part, so the draws equal a single-process run and the generators stay identical
+    across ranks. Every call consumes the same amount of the generator, whatever the counts.
     """
-    return space.to_rows(space.restrict(keys).topk(k, dim=1, sorted=ordered).indices)
+    n, device = count.shape[0], count.device
+    total = n if total_rows is None else total_rows
+    L, m = draw_widths(k)
+    rows = slice(row_offset, row_offset + n)
+    keys = torch.rand(total, L, generator=generator, device=device, dtype=torch.float64)[rows]  # (n, L)
+    u = torch.rand(total, m, generator=generator, device=device, dtype=torch.float64)[rows]  # (n, m)
+    count = count.long()[:, None]  # (n, 1)
+
+    # small sets: topk over keys of the first `count` columns
+    small = keys.masked_fill_(torch.arange(L, device=device) >= count, -math.inf).topk(k, dim=1).indices  # (n, k)
+    # large sets: first k distinct values of m draws with replacement
+    draws = (u * count).floor_().long()  # (n, m) i.i.d. uniform on [0, count)
+    ordered, where = draws.sort(dim=1, stable=True)  # stable: the first occurrence leads its group
+    repeat = torch.zeros_like(draws, dtype=torch.bool).scatter_(1, where[:, 1:], ordered[:, 1:] == ordered[:, :-1])
+    position = torch.arange(m, device=device).expand(n, m).masked_fill(repeat, m)  # repeats sort last
+    first = position.topk(k, dim=1, largest=False).indices  # (n, k) draw positions, in draw order
+    large = draws.gather(1, first)
+    ranks = torch.where(count <= L, small, large)
+    return torch.minimum(ranks, (count - 1).clamp_min(0))
 
 
-def mask_space(allowed: Tensor) -> SampleSpace:
-    """The sample space "columns where ``allowed`` (n, S) is True" over all bank rows."""
-    return SampleSpace(allowed.shape[1], lambda keys: keys.masked_fill_(~allowed, -math.inf), lambda cols: cols)
+def draw_ranks(space: SampleSpace, k: int, generator: torch.Generator | None = None, **rows) -> Tensor:
+    """k distinct uniformly random members of each anchor's set, in random order: bank rows (n, k).
+
+    ``rows``: ``total_rows`` / ``row_offset`` of :func:`random_ranks` (DDP)."""
+    return space.rank_rows(random_ranks(space.count, k, generator, **rows))
 
 
-def random_rows(allowed: Tensor, k: int, generator: torch.Generator | None = None, *, ordered: bool = True) -> Tensor:
-    """k distinct uniformly random columns among the ``allowed`` ones of each row: (n, S) -> (n, k)."""
-    keys = random_keys(allowed.shape[0], allowed.shape[1], generator, allowed.device)
-    return draw_from(mask_space(allowed), keys, k, ordered)
+def mask_space(allowed: Tensor, count: Tensor | None = None) -> SampleSpace:
+    """The sample space "columns where ``allowed`` (n, S) is True" over all bank rows.
+
+    Members are enumerated in column order: rank r is the column where the running count of
+    allowed columns reaches r + 1 (a cumulative sum and a binary search per row, no sort).
+    ``count``: ``allowed.sum(1)`` if already known.
+    """
+    return SampleSpace(allowed.shape[1], lambda keys: keys.masked_fill_(~allowed, -math.inf), lambda cols: cols,
+                       allowed.sum(1) if count is None else count, lambda ranks: column_of_rank(allowed, ranks))
+
+
+def column_of_rank(allowed: Tensor, ranks: Tensor) -> Tensor:
+    """The column of the r-th allowed entry (column order) of each row: (n, W) bool, (n, k) -> (n, k).
+
+    Ranks at or beyond a row's count give the last column."""
+    running = allowed.cumsum(1, dtype=torch.int32)  # (n, W)
+    return torch.searchsorted(running, (ranks + 1).to(torch.int32)).clamp_max_(allowed.shape[1] - 1)
+
+
+def complement_space(filled: Tensor, cand: Tensor, cand_ok: Tensor, count: Tensor,
+                     restrict: Callable[[Tensor], Tensor]) -> SampleSpace:
+    """The sample space "filled slots outside the anchor's candidates" over all S bank rows.
+
+    ``cand`` (n, W) holds each anchor's class slots, ``cand_ok`` (n, W) which of them are filled
+    members of the class (any order, padding excluded). Members are enumerated in slot order
+    without an (n, S) pass: with ``F`` the running count of filled slots (S,) and ``g_0 < g_1 <
+    ...`` the filled-ranks ``F - 1`` of the anchor's own filled slots, the r-th filled slot outside
+    the class has filled-rank ``q = r + #{j : g_j - j <= r}`` (skip the class members at or before
+    it), and is the slot where ``F`` reaches ``q + 1``.
+    """
+    S, W = filled.shape[0], cand.shape[1]
+
+    def rank_rows(ranks: Tensor) -> Tensor:
+        running = filled.long().cumsum(0)  # (S,)
+        big = S + W + 1  # above every rank: padding and unfilled members sort last
+        g = torch.where(cand_ok, running[cand] - 1, big).sort(dim=1).values  # (n, W) ascending filled-ranks
+        g = torch.where(g < big, g - torch.arange(W, device=g.device), big)  # non-decreasing
+        ranks = ranks.contiguous()
+        q = ranks + torch.searchsorted(g, ranks, right=True)  # (n, k) filled-ranks
+        # the slot of each filled-rank: unfilled slots write to a spare last entry
+        slot_of = torch.full((S + 1,), S - 1, dtype=torch.long, device=filled.device)
+        slot_of.scatter_(0, torch.where(filled, running - 1, S), torch.arange(S, device=filled.device))
+        return slot_of[q.clamp_max(S)]
+
+    return SampleSpace(S, restrict, lambda cols: cols, count, rank_rows)
+
+
+def random_rows(allowed: Tensor, k: int, generator: torch.Generator | None = None) -> Tensor:
+    """k distinct uniformly random columns among the ``allowed`` ones of each row, in random order: (n, S) -> (n, k)."""
+    return draw_ranks(mask_space(allowed), k, generator)
 
 
 def fixed_draws(pos: Tensor | None = None, neg: Tensor | None = None) -> DrawFn:
@@ -330,6 +417,55 @@ def class_slot_table(labels: Tensor) -> Tensor:
     table = torch.full((counts.numel(), max(int(counts.max()), 1)), -1, dtype=torch.long)
     table[labels[order], col] = order
     return table
+
+
+BLOCK = 2048  #: bank rows per block of :func:`bank_similarity` on CPU: a (2048, n) block stays in L2
+
+
+@torch.no_grad()
+def bank_similarity(z: Tensor, bank: Tensor) -> Tensor:
+    """``z @ bank^T``: similarities (n, S) of anchors (n, d) to every bank row (S, d), contiguous, no grad.
+
+    On CPU the product is formed as ``bank @ z^T`` (MKL is faster with the long operand first) in
+    blocks of :data:`BLOCK` rows, each transposed into the output while it is still in cache: an
+    (S, n) product transposed afterwards costs a fifth more. On a GPU one product.
+    """
+    if z.device.type != "cpu":
+        return torch.mm(z, bank.t())
+    S = bank.shape[0]
+    out = z.new_empty(z.shape[0], S)  # (n, S)
+    z_t = z.t().contiguous()  # (d, n)
+    for start in range(0, S, BLOCK):
+        out[:, start:start + BLOCK] = torch.mm(bank[start:start + BLOCK], z_t).t()
+    return out
+
+
+class _BankLogits(torch.autograd.Function):
+    """Similarities of the anchors to chosen bank rows, as an autograd node for z only.
+
+    The values (n, k) are given (read off :func:`bank_similarity`); the gradient is
+    ``d values[i, j] / d z_i = bank[idx[i, j]]``, formed as one dense (n, S) x (S, d) product, which
+    is what autograd through a full similarity matrix and its gathers would compute, with one
+    scatter instead of one (n, S) buffer per gather.
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor, bank: Tensor, idx: Tensor, values: Tensor) -> Tensor:
+        ctx.save_for_backward(bank, idx)
+        return values.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None, None]:
+        bank, idx = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None
+        dense = grad.new_zeros(grad.shape[0], bank.shape[0]).scatter_add_(1, idx, grad)  # (n, S)
+        return dense @ bank, None, None, None
+
+
+def bank_logits(z: Tensor, bank: Tensor, idx: Tensor, values: Tensor) -> Tensor:
+    """``values`` (n, k) = ``z_i . bank[idx[i, j]]`` (already computed), differentiable in z (n, d) only."""
+    return _BankLogits.apply(z, bank.detach(), idx, values.detach())
 
 
 def _check_strategy(name: str, value: str) -> tuple[str, ...]:
@@ -371,8 +507,7 @@ def csre_infonce(z: Tensor, bank: Tensor, bank_labels: Tensor, bank_filled: Tens
             Positives are then found among these W columns instead of by scanning and comparing
             all S labels; the result is the same (up to the order of ties) and cheaper.
         draw: ``draw(kind, k, space) -> (n, k)`` bank rows for the random sets (e.g.
-            :func:`fixed_draws` for recorded draws); default: uniform keys from ``generator``
-            through :func:`draw_from`.
+            :func:`fixed_draws` for recorded draws); default: :func:`draw_ranks` with ``generator``.
         generator: torch.Generator for the default draw.
 
     Gate: an anchor is valid with at least ``K_pos`` filled positives and at least the largest
@@ -387,27 +522,30 @@ def csre_infonce(z: Tensor, bank: Tensor, bank_labels: Tensor, bank_filled: Tens
     ordered = available is not None  # only the clamp policy uses prefixes of the sets
     if draw is None:
         def draw(kind: str, k: int, space: SampleSpace) -> Tensor:
-            return draw_from(space, random_keys(n, space.width, generator, z.device), k, ordered)
+            return draw_ranks(space, k, generator)
 
     with torch.autocast(z.device.type, enabled=False):
         z = z.float()
         bank = bank.detach().float()
-        # cosine similarities, grad through z only. bank @ z^T is faster on CPU than z @ bank^T;
-        # the selections want contiguous (n, S) rows: a detached transposed copy, used as the
-        # hard-negative keys in place afterwards (few fresh (n, S) buffers: each costs page faults)
-        sim = torch.mm(bank, z.t()).t()  # (n, S) view of (S, n), with grad
-        s_ = sim.detach().clone(memory_format=torch.contiguous_format)  # (n, S), never shares storage
+        # cosine similarities, without grad: the selections read them, the logits of the chosen
+        # rows are read off them (their gradient comes from bank_logits below), and they become
+        # the hard-negative keys in place at the end (no copy: a fresh (n, S) buffer costs page faults)
+        s_ = bank_similarity(z.detach(), bank)  # (n, S)
         filled = bank_filled.bool()  # (S,)
         unfilled = torch.zeros(S, device=z.device).masked_fill_(~filled, -math.inf)  # (S,) 0 / -inf
         if candidates is None:  # positives: compare all S labels
             same = bank_labels[None, :] == labels[:, None]  # (n, S)
             pos_mask = same & filled[None, :]  # (n, S) filled positives
             pos_count = pos_mask.sum(1)  # (n,)
-            pos_space = mask_space(pos_mask)
+            pos_space = mask_space(pos_mask, pos_count)
             pos_sim = s_  # (n, S)
+            neg_count = filled.sum() - pos_count  # (n,) filled negatives
 
             def neg_restrict(keys: Tensor) -> Tensor:  # not unfilled, not the anchor's class
                 return keys.add_(unfilled).masked_fill_(same, -math.inf)
+
+            neg_space = SampleSpace(S, neg_restrict, lambda cols: cols, neg_count,
+                                    lambda ranks: column_of_rank(~same & filled[None, :], ranks))
         else:  # positives: the W candidate slots of the anchor's class
             if candidates.shape[1] < K_pos:
                 candidates = F.pad(candidates, (0, K_pos - candidates.shape[1]), value=-1)
@@ -416,13 +554,15 @@ def csre_infonce(z: Tensor, bank: Tensor, bank_labels: Tensor, bank_filled: Tens
             cand_ok = (candidates >= 0) & filled[cand]  # (n, W) filled positives
             pos_count = cand_ok.sum(1)
             pos_space = SampleSpace(cand.shape[1], lambda keys: keys.masked_fill_(~cand_ok, -math.inf),
-                                    lambda cols: cand.gather(1, cols))
+                                    lambda cols: cand.gather(1, cols), pos_count,
+                                    lambda ranks: cand.gather(1, column_of_rank(cand_ok, ranks)))
             pos_sim = s_.gather(1, cand)  # (n, W)
+            neg_count = filled.sum() - pos_count  # (n,) filled negatives
 
             def neg_restrict(keys: Tensor) -> Tensor:  # not unfilled, not the anchor's class
                 return keys.add_(unfilled).scatter_(1, cand, -math.inf)
-        neg_count = filled.sum() - pos_count  # (n,) filled negatives
-        neg_space = SampleSpace(S, neg_restrict, lambda cols: cols)
+
+            neg_space = complement_space(filled, cand, cand_ok, neg_count, neg_restrict)
 
         # per-anchor set sizes: K, or min(K, available) under the clamp policy
         def size(K: int, avail: Tensor | None) -> Tensor:
@@ -442,25 +582,33 @@ def csre_infonce(z: Tensor, bank: Tensor, bank_labels: Tensor, bank_filled: Tens
                 pos_idx.append(pos_space.to_rows(cols))
             else:
                 pos_idx.append(draw("pos", K_pos, pos_space).to(z.device))
-        neg_idx = {}
+        pos_val = [s_.gather(1, idx) for idx in pos_idx]  # before the restriction below
+        neg_idx, neg_val = {}, {}
         for s in neg_sets:
             if s == "R":
                 neg_idx[s] = draw("neg", K_rand, neg_space).to(z.device)
+                neg_val[s] = s_.gather(1, neg_idx[s])
         if "H" in neg_sets:  # highest similarity among negatives; s_ becomes the keys (last use)
-            neg_idx = {"H": neg_restrict(s_).topk(K_hard, dim=1, sorted=ordered).indices, **neg_idx}
+            top = neg_restrict(s_).topk(K_hard, dim=1, sorted=ordered)  # values: the restriction adds 0
+            neg_idx, neg_val = {"H": top.indices, **neg_idx}, {"H": top.values, **neg_val}
+
+        # one autograd node for every chosen similarity. Skipped anchors may have picked restricted
+        # (-inf) keys: zeroed, so that their zero gradient does not become NaN
+        chosen = [*pos_idx, *neg_idx.values()]
+        values = torch.where(valid[:, None], torch.cat([*pos_val, *neg_val.values()], 1), 0.0)  # (n, sum k)
+        logits = bank_logits(z, bank, torch.cat(chosen, 1), values).div(tau).split([c.shape[1] for c in chosen], 1)
+        pos_logits, neg_logits = logits[:len(pos_idx)], dict(zip(neg_idx, logits[len(pos_idx):]))
 
         lse = []  # per negative set: (n,) logsumexp of its logits
-        for s, idx in neg_idx.items():
-            logits = sim.gather(1, idx) / tau  # (n, k)
+        for s, q in neg_logits.items():  # (n, k)
             if ordered:
-                keep = torch.arange(idx.shape[1], device=z.device)[None, :] < k_neg[s][:, None]
-                logits = torch.where(keep, logits, -math.inf)
-            lse.append(logits.logsumexp(1))
+                keep = torch.arange(q.shape[1], device=z.device)[None, :] < k_neg[s][:, None]
+                q = torch.where(keep, q, -math.inf)
+            lse.append(q.logsumexp(1))
         row_ok = valid[:, None] & (torch.arange(K_pos, device=z.device)[None, :] < k_pos[:, None])  # (n, K_pos)
 
         anchor_sum = z.new_zeros(n)
-        for idx in pos_idx:
-            p = sim.gather(1, idx) / tau  # (n, K_pos)
+        for p in pos_logits:  # (n, K_pos)
             for q in lse:
                 rows = F.softplus(q[:, None] - p)  # (n, K_pos) = CE of [p_j, negatives] at target 0
                 anchor_sum = anchor_sum + torch.where(row_ok, rows, 0.0).sum(1)
@@ -597,7 +745,7 @@ class CSRE(nn.Module):
 
     DDP: when ``torch.distributed`` is initialised, the normalised features, labels and indices
     of all ranks are all-gathered (rank order, no gradient) and written to every rank's bank, so
-    all banks stay identical. Random keys are drawn for the global batch by every rank from
+    all banks stay identical. Random draws are made for the global batch by every rank from
     identically seeded generators and each rank keeps its rows, so the draws (and generator
     states) equal a single-process run. Each rank's ``contrastive`` is its row-loss sum times the
     world size divided by the global row count (one all_reduce): DDP's gradient averaging then
@@ -802,7 +950,6 @@ class CSRE(nn.Module):
 
     def _drawer(self, branch: str, n: int, device: torch.device, total_rows: int, row_offset: int) -> DrawFn:
         injected = self._injected.get(branch, {})
-        ordered = self.small_classes == "clamp"
 
         def draw(kind: str, k: int, space: SampleSpace) -> Tensor:
             if kind in injected:
@@ -811,9 +958,7 @@ class CSRE(nn.Module):
                     raise ValueError(f"injected {kind} draws have shape {tuple(rows.shape)}, expected {(n, k)} "
                                      "(one row per anchor; rows of skipped anchors are ignored)")
                 return rows.long().clamp_min(0)
-            keys = random_keys(n, space.width, self.generator(device), device, total_rows=total_rows,
-                               row_offset=row_offset)
-            return draw_from(space, keys, k, ordered)
+            return draw_ranks(space, k, self.generator(device), total_rows=total_rows, row_offset=row_offset)
 
         return draw
 

@@ -28,8 +28,8 @@ from torch import Tensor, nn
 
 from models import registry
 import models.csre as csre_module
-from models.csre import (CSRE, STFD, VARIANTS, MemoryBank, SampleSpace, csre_infonce, draw_from, fifo_share,
-                         fixed_draws, mask_space, random_keys, random_rows)
+from models.csre import (CSRE, STFD, VARIANTS, MemoryBank, SampleSpace, complement_space, csre_infonce, draw_ranks,
+                         draw_widths, fifo_share, fixed_draws, mask_space, random_ranks, random_rows)
 from models.hcn import HCN
 from models.encoder import Encoder, mean_pool
 from tests.conftest import REPO, fixture_params, reference_dir, require_fixture
@@ -479,26 +479,124 @@ def test_random_draws_are_uniform_without_replacement() -> None:
     assert (first[1] / R - 1 / 12).abs().max() < 0.04
 
 
-def test_draw_from_maps_a_candidate_space_to_bank_rows() -> None:
-    """A space over candidate columns (like the per-class slot table): rows come from ``to_rows``,
-    only allowed candidates, distinct, uniform; padding never; DDP key slicing = the global draw."""
-    cand = torch.tensor([[4, 9, 2, 7, 4, 4], [1, 3, 5, 8, 0, 1]])  # (n, W) candidate bank rows
-    ok = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0]], dtype=torch.bool)  # last columns: padding / unfilled
-    space = SampleSpace(6, lambda keys: keys.masked_fill_(~ok, -math.inf), lambda cols: cand.gather(1, cols))
-    g = torch.Generator().manual_seed(1)
-    R, hits = 1000, torch.zeros(2, 10)
-    for _ in range(R):
-        rows = draw_from(space, random_keys(2, 6, g), 2)
-        assert all(len(set(r.tolist())) == 2 for r in rows)
-        hits.scatter_add_(1, rows, torch.ones(2, 2))
-    allowed_rows = torch.zeros(2, 10, dtype=torch.bool)
-    allowed_rows[0, [4, 9, 2]] = allowed_rows[1, [1, 3, 5, 8, 0]] = True
-    assert torch.all(hits[~allowed_rows] == 0)
-    assert (hits[0, [4, 9, 2]] / R - 2 / 3).abs().max() < 0.06
-    assert (hits[1, [1, 3, 5, 8, 0]] / R - 2 / 5).abs().max() < 0.06
-    # under DDP a rank draws the global batch's keys and keeps its rows
-    local = random_keys(2, 7, torch.Generator().manual_seed(3), total_rows=6, row_offset=2)
-    assert torch.equal(local, random_keys(6, 7, torch.Generator().manual_seed(3))[2:4])
+def _uniform_within(hits: Tensor, R: int, p: Tensor | float, sigmas: float = 5.0) -> bool:
+    """Observed frequencies hits / R within ``sigmas`` binomial standard deviations of p (p > 0)."""
+    p = torch.as_tensor(p, dtype=torch.float64)
+    return bool(((hits.double() / R - p).abs() <= sigmas * (p * (1 - p) / R).sqrt() + 1e-12).all())
+
+
+@pytest.mark.parametrize("k", [1, 3, 8])
+def test_random_ranks_are_uniform_distinct_and_in_range(k: int) -> None:
+    """Both regimes of random_ranks (keys for count <= 4k, deduplicated draws above): distinct ranks
+    in [0, count), each rank in k / count of the draws, the first one uniform (prefixes are draws)."""
+    L, _ = draw_widths(k)
+    counts = torch.tensor([k, k + 1, L - 1, L, L + 1, 2 * L + 3, 40 * k + 7])
+    R = 4000
+    g = torch.Generator().manual_seed(k)
+    ranks = random_ranks(counts.repeat(R), k, g).view(R, len(counts), k)  # R independent rows per count
+    for j, c in enumerate(counts.tolist()):
+        r = ranks[:, j]  # (R, k)
+        assert int(r.min()) >= 0 and int(r.max()) < c, f"count {c}: rank out of range"
+        assert torch.all(r.sort(1).values.diff(1) != 0), f"count {c}: repeated ranks"
+        hits = torch.bincount(r.flatten(), minlength=c)
+        assert _uniform_within(hits, R, k / c), f"count {c}: not uniform"
+        assert _uniform_within(torch.bincount(r[:, 0], minlength=c), R, 1 / c), f"count {c}: first rank not uniform"
+
+
+def test_random_ranks_give_uniform_ordered_pairs_above_the_key_width() -> None:
+    """In the deduplication regime every ordered pair of distinct ranks is equally likely."""
+    k = 2
+    c = draw_widths(k)[0] + 1  # just above the key width: repeats among the draws are frequent
+    R = 40000
+    r = random_ranks(torch.full((R,), c), k, torch.Generator().manual_seed(0))  # (R, 2)
+    pairs = torch.bincount(r[:, 0] * c + r[:, 1], minlength=c * c).view(c, c)
+    assert torch.all(pairs.diagonal() == 0)
+    off = ~torch.eye(c, dtype=torch.bool)
+    assert _uniform_within(pairs[off], R, 1 / (c * (c - 1)))
+
+
+def test_random_ranks_short_rows_and_ddp_slices() -> None:
+    # rows with fewer than k members get ranks clamped into [0, count) (they are gated out)
+    r = random_ranks(torch.tensor([0, 1, 2]), 3, torch.Generator().manual_seed(0))
+    assert r.shape == (3, 3) and r[0].tolist() == [0, 0, 0] and r[1].tolist() == [0, 0, 0] and int(r[2].max()) <= 1
+    # under DDP a rank draws for the global batch and keeps its rows: equal to the global draw
+    counts = torch.tensor([5, 900, 30, 7000, 64, 1])
+    whole = random_ranks(counts, 4, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    part = random_ranks(counts[2:4], 4, g, total_rows=6, row_offset=2)
+    assert torch.equal(part, whole[2:4])
+    # every call consumes the same amount of the generator, whatever the counts
+    other = torch.Generator().manual_seed(3)
+    random_ranks(torch.tensor([1, 1, 1, 1, 1, 1]), 4, other)
+    assert torch.equal(g.get_state(), other.get_state())
+
+
+def test_too_few_distinct_draws_are_astronomically_unlikely() -> None:
+    """Union bound of random_ranks' one failure mode, fewer than k distinct values among m draws
+    from c > 4k values: P <= C(c, k-1) ((k-1)/c)^m, largest at the smallest c, below 1e-40."""
+    def log_bound(c: int, k: int, m: int) -> float:
+        if k == 1:
+            return -math.inf  # one draw is always one distinct value
+        return math.lgamma(c + 1) - math.lgamma(k) - math.lgamma(c - k + 2) + m * math.log((k - 1) / c)
+    worst = -math.inf
+    for k in range(1, 4097):
+        L, m = draw_widths(k)
+        bounds = [log_bound(c, k, m) for c in (L + 1, L + 2, 2 * L, 10 * L, 100 * L)]
+        assert bounds == sorted(bounds, reverse=True), f"k={k}: bound not largest at the smallest count"
+        worst = max(worst, bounds[0])
+    assert worst < math.log(1e-40)
+
+
+def _random_bank(seed: int, S: int = 70, num_class: int = 3, fill: float = 0.6):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, num_class, (S,), generator=g), torch.rand(S, generator=g) < fill
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rank_enumerations_are_bijections_onto_the_sets(seed: int) -> None:
+    """rank_rows over ranks 0..count-1 lists each anchor's set exactly once: the mask space, the
+    candidate positives and the complement (filled slots of other classes) from shuffled candidates."""
+    bank_labels, filled = _random_bank(seed)
+    labels = torch.tensor([0, 1, 2, 1])
+    filled[:3] = True  # some members of every class
+    same = bank_labels[None] == labels[:, None]
+    cand = candidates_of(bank_labels, labels, seed=seed)  # shuffled, -1 padded
+    ok = cand >= 0
+    cand_rows = torch.where(ok, cand, cand[:, :1])
+    cand_ok = ok & filled[cand_rows]
+    pos_count = cand_ok.sum(1)
+    spaces = {
+        "mask": (mask_space(same & filled[None]), same & filled[None]),
+        "complement": (complement_space(filled, cand_rows, cand_ok, filled.sum() - pos_count, lambda k: k),
+                       ~same & filled[None]),
+    }
+    for name, (space, allowed) in spaces.items():
+        assert space.count.tolist() == allowed.sum(1).tolist(), name
+        for i in range(len(labels)):
+            c = int(space.count[i])
+            ranks = torch.arange(c)[None].expand(len(labels), c)
+            rows = space.rank_rows(ranks)[i]
+            assert sorted(rows.tolist()) == allowed[i].nonzero().flatten().tolist(), f"{name}: anchor {i}"
+    # the candidates' positive space of csre_infonce draws the same set as the scan
+    f, z, bank, bl, fl, lab = random_case(seed)
+    captured = {}
+
+    def capture(kind: str, k: int, space: SampleSpace) -> Tensor:
+        captured.setdefault(kind, []).append(space)
+        return draw_ranks(space, k, torch.Generator().manual_seed(0))
+
+    for positives in ("scan", "candidates"):
+        cands = candidates_of(bl, lab, seed=seed) if positives == "candidates" else None
+        csre_infonce(z, bank, bl, fl, lab, K_pos=3, K_hard=4, K_rand=4, pos_strategy="R", neg_strategy="R",
+                     candidates=cands, draw=capture)
+    same = bl[None] == lab[:, None]
+    for kind, allowed in (("pos", same & fl[None]), ("neg", ~same & fl[None])):
+        for space in captured[kind]:
+            assert space.count.tolist() == allowed.sum(1).tolist()
+            width = int(space.count.max())
+            rows = space.rank_rows(torch.arange(width)[None].expand(len(lab), width))
+            for i in range(len(lab)):
+                assert sorted(rows[i, :int(space.count[i])].tolist()) == allowed[i].nonzero().flatten().tolist()
     # mask_space = "allowed columns of all bank rows"; keys restricted in place
     allowed = torch.tensor([[True, False, True]])
     keys = torch.rand(1, 3)
@@ -627,26 +725,57 @@ def test_sizes_larger_than_the_bank_are_rejected() -> None:
 
 
 @contextlib.contextmanager
-def forbid_host_sync_and_sort(monkeypatch: pytest.MonkeyPatch):
-    """Make every host-synchronising tensor call (and full sorts) raise."""
+def forbid_host_sync_and_sort(monkeypatch: pytest.MonkeyPatch, bank_size: int):
+    """Make every host-synchronising tensor call raise, and every sort along ``bank_size`` or more
+    entries (a full sort of similarities; sorting a few random draws or a class's slots is fine)."""
     def boom(*args, **kwargs):
         raise AssertionError("host synchronisation or full sort inside the loss")
-    for name in ("item", "tolist", "nonzero", "__bool__", "__int__", "__float__", "sort", "argsort", "unique"):
+
+    def guarded(real):
+        def sort(t, *args, **kwargs):
+            dim = kwargs.get("dim", args[0] if args and isinstance(args[0], int) else -1)
+            if t.dim() and t.shape[dim] >= bank_size:
+                raise AssertionError(f"sort of {t.shape[dim]} entries inside the loss (bank of {bank_size})")
+            return real(t, *args, **kwargs)
+        return sort
+
+    for name in ("item", "tolist", "nonzero", "__bool__", "__int__", "__float__", "unique"):
         monkeypatch.setattr(torch.Tensor, name, boom)
-    for name in ("nonzero", "sort", "argsort", "unique", "masked_select"):
+    for name in ("nonzero", "unique", "masked_select"):
         monkeypatch.setattr(torch, name, boom)
+    for owner in (torch.Tensor, torch):
+        for name in ("sort", "argsort"):
+            monkeypatch.setattr(owner, name, guarded(getattr(owner, name)))
     yield
     monkeypatch.undo()
 
 
 def test_loss_and_training_step_need_no_host_sync(monkeypatch: pytest.MonkeyPatch) -> None:
-    model = tiny_csre(variant="csre+gc", pos_strategy="R+H").train()
+    S = 600  # larger than every random-draw buffer (2k + 64), so that only a full sort trips the guard
+    model = tiny_csre(num_samples=S, variant="csre+gc", pos_strategy="R+H").train()
     prefill(model)
-    x, y, idx = toy_batch()
-    with forbid_host_sync_and_sort(monkeypatch):
+    x, y, idx = toy_batch(num_samples=S)
+    with forbid_host_sync_and_sort(monkeypatch, S):
         out = model(x, y, idx)
         (F.cross_entropy(out.logits, y) + out.contrastive).backward()
     assert out.contrastive.item() > 0
+    with forbid_host_sync_and_sort(monkeypatch, S), pytest.raises(AssertionError, match="sort of 600"):
+        model.banks["s"].features.sort(0)  # the guard itself works
+
+
+def test_anchors_without_negatives_get_a_zero_not_nan_gradient() -> None:
+    """A single-class bank: every negative key is -inf; the skipped anchors' gradient stays 0."""
+    g = torch.Generator().manual_seed(0)
+    f = torch.randn(4, 8, generator=g).requires_grad_()
+    z = F.normalize(f, dim=1)
+    bank = F.normalize(torch.randn(30, 8, generator=g), dim=1)
+    labels, bank_labels = torch.zeros(4, dtype=torch.long), torch.zeros(30, dtype=torch.long)
+    for neg in ("H", "R", "R+H"):
+        res = csre_infonce(z, bank, bank_labels, torch.ones(30, dtype=torch.bool), labels, K_pos=2, K_hard=3,
+                           K_rand=3, neg_strategy=neg, generator=g)
+        assert not res.valid.any() and res.neg_count.tolist() == [0] * 4
+        (grad,) = torch.autograd.grad(res.loss, f, retain_graph=True)
+        assert torch.equal(grad, torch.zeros_like(grad)), neg
 
 
 # ---------------------------------------------------------------------------------------------
