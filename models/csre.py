@@ -479,7 +479,7 @@ def csre_infonce(z: Tensor, bank: Tensor, bank_labels: Tensor, bank_filled: Tens
                  pos_strategy: str = "H", neg_strategy: str = "R+H",
                  available: tuple[Tensor, Tensor] | None = None, candidates: Tensor | None = None,
                  draw: DrawFn | None = None, generator: torch.Generator | None = None) -> InfoNCE:
-    """The CSRE / SkeletonGCL bank InfoNCE for one bank, vectorised (no loop, no host sync, no sort).
+    """The CSRE / SkeletonGCL bank InfoNCE for one bank, vectorised (no loop, no host sync, no sort along the bank).
 
     ``bank`` must already contain the batch (official write-before-compare; see
     :meth:`MemoryBank.update`); it is treated as a constant, so the gradient flows only through
