@@ -36,8 +36,9 @@ Departures from the official trainers (each is an option or documented):
   the whole training part as the official code does (then there is no validation selection);
 * the headline is the last epoch; the official scripts report the best test epoch;
 * a NaN/inf loss stops the run (the official code trains on);
-* InfoGCN gets its label-smoothed cross-entropy (``gin/recipes/infogcn.gin`` binds
-  ``CrossEntropyLoss.label_smoothing = 0.1``) but not its MMD and latent-mean terms.
+* an encoder's own loss term (:meth:`models.encoder.Encoder.regulariser`) is added to the loss and
+  logged as ``regulariser``: InfoGCN's MMD and latent-mean terms (with its label-smoothed CE,
+  ``gin/recipes/infogcn.gin``, this is the official objective).
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ __all__ = ["NonFiniteLoss", "TrainConfig", "Trainer", "train"]
 PROFILES = ("paper", "quick", "ci")
 STREAMS = ("joint", "bone", "joint_motion", "bone_motion")
 INTERRUPTED = 3  # exit code of a run stopped by SIGTERM/SIGINT after writing its checkpoint
+
+
+#: running sums of an epoch (the checkpoint's ``accum``): loss terms times samples, correct, samples
+ACCUMULATED = ("loss", "ce", "contrastive", "regulariser", "correct", "count")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -329,15 +334,18 @@ class Trainer:
                     else:
                         logits, contrastive = self.net(x), None
                     ce = self.criterion(logits.float(), y)
-                loss = ce if contrastive is None else ce + contrastive
-                values = torch.stack([loss.detach(), ce.detach(),
-                                      (contrastive if contrastive is not None else ce.new_zeros(())).detach().float(),
+                    reg = self.encoder.regulariser(y)  # the encoder's own term (InfoGCN), from this forward
+                zero = ce.new_zeros(())
+                contrastive = zero if contrastive is None else contrastive.float()
+                reg = zero if reg is None else reg.float()
+                loss = ce + contrastive + reg
+                values = torch.stack([loss.detach(), ce.detach(), contrastive.detach(), reg.detach(),
                                       (logits.argmax(1) == y).sum().float()]).cpu()
-                if not torch.isfinite(values[:3]).all():
+                if not torch.isfinite(values[:4]).all():
                     raise NonFiniteLoss(
                         f"{self.run_dir}: non-finite loss at epoch {epoch + 1}, batch {step + 1} (loss {values[0]:.4g}, "
-                        f"CE {values[1]:.4g}, CSRE {values[2]:.4g}); stopped. The last good checkpoint is kept: "
-                        f"lower Recipe.base_lr, try precision='fp32', or check the data for NaN")
+                        f"CE {values[1]:.4g}, CSRE {values[2]:.4g}, regulariser {values[3]:.4g}); stopped. The last "
+                        f"good checkpoint is kept: lower Recipe.base_lr, try precision='fp32', or check the data for NaN")
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()
                     self.scaler.step(self.optimizer)
@@ -346,20 +354,20 @@ class Trainer:
                     loss.backward()
                     self.optimizer.step()
                 n = float(y.numel())
-                # [loss·n, CE·n, CSRE·n, correct, n, stop]: summed over ranks under DDP, so every rank
-                # keeps the global running sums (and all stop at the same batch on a signal)
-                sums = torch.stack([values[0] * n, values[1] * n, values[2] * n, values[3],
+                # [loss·n, CE·n, CSRE·n, regulariser·n, correct, n, stop]: summed over ranks under DDP,
+                # so every rank keeps the global running sums (and all stop at the same batch on a signal)
+                sums = torch.stack([*(values[:4] * n), values[4],
                                     torch.tensor(n), torch.tensor(float(interrupt.signum is not None))])
                 if self.world.distributed:
                     sums = all_reduce_sum(self.world, sums, self.device)
-                for key, v in zip(("loss", "ce", "contrastive", "correct", "count"), sums[:5].tolist()):
-                    accum[key] += v
+                for key, v in zip(ACCUMULATED, sums[:6].tolist()):
+                    accum[key] = accum.get(key, 0.0) + v
                 step += 1
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{accum['loss'] / accum['count']:.3f}",
                                     acc=f"{100 * accum['correct'] / accum['count']:.1f}%")
-                if float(sums[5]) > 0 and step < total:
+                if float(sums[6]) > 0 and step < total:
                     self._save(ckpt_state | {"epoch": epoch, "step": step, "accum": dict(accum), "finished": False})
                     return False
         finally:
@@ -453,7 +461,7 @@ class Trainer:
             while state["epoch"] < recipe.epochs:
                 epoch = state["epoch"]
                 lr = recipe.set_lr(self.optimizer, epoch)
-                accum = state["accum"] or {"loss": 0.0, "ce": 0.0, "contrastive": 0.0, "correct": 0.0, "count": 0}
+                accum = state["accum"] or dict.fromkeys(ACCUMULATED, 0.0)
                 t0 = time.perf_counter()
                 if self.device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(self.device)
@@ -499,6 +507,7 @@ class Trainer:
         count = max(accum["count"], 1)
         record: dict[str, Any] = {"epoch": epoch, "lr": lr, "train": {
             "loss": accum["loss"] / count, "ce": accum["ce"] / count, "contrastive": accum["contrastive"] / count,
+            "regulariser": accum.get("regulariser", 0.0) / count,
             "top1": 100 * accum["correct"] / count, "samples": accum["count"]}}
         for part, (logits, labels) in preds.items():
             record[part] = classification_metrics(logits, labels, self.data.num_class)
@@ -508,7 +517,9 @@ class Trainer:
     def _epoch_line(self, record: dict, seconds: float) -> str:
         t = record["train"]
         parts = [f"epoch {record['epoch'] + 1}/{self.recipe.epochs}", f"lr {record['lr']:.4g}",
-                 f"loss {t['loss']:.4f} (CE {t['ce']:.4f}, CSRE {t['contrastive']:.4f})", f"train top-1 {t['top1']:.2f}%"]
+                 f"loss {t['loss']:.4f} (CE {t['ce']:.4f}, CSRE {t['contrastive']:.4f}"
+                 + (f", regulariser {t['regulariser']:.4f})" if t.get("regulariser") else ")"),
+                 f"train top-1 {t['top1']:.2f}%"]
         parts += [f"{p} top-1 {record[p]['top1']:.2f}%" for p in ("val", "test") if p in record]
         return " | ".join(parts + [f"{seconds:.0f} s"])
 

@@ -35,6 +35,14 @@ class Encoder(nn.Module):
         """Final feature map (N·M, C', T', V) and the number of persons M -> logits (N, num_class)."""
         raise NotImplementedError
 
+    def regulariser(self, labels: Tensor) -> Tensor | None:
+        """The encoder's own term of the training loss, from its last train-mode forward, or None.
+
+        Called by the trainer after each training forward with the batch labels (InfoGCN: its MMD
+        and latent-mean terms); most encoders have none.
+        """
+        return None
+
     @staticmethod
     def persons_in(x: Tensor) -> int:
         """M of an input batch (the last axis of (N, C, T, V, M))."""

@@ -9,10 +9,13 @@ unit :class:`SAGC` multiplies a self-attention map per head by a learned ``share
 ``relu(fc)`` → ``fc_mu`` / ``fc_logvar`` → latent ``z`` (= mu in eval, mu + eps·exp(noise_ratio·logvar)
 in train) → ``decoder`` → logits.
 
-For the training objective (label-smoothing CE + MMD between ``z`` and the class prior
-``z_prior``), :meth:`InfoGCN.head_with_latent` returns ``(logits, z)`` and ``z_prior`` is a
-(non-persistent) buffer. ``forward``/``head`` return the logits only (the encoder contract); the
-official ``forward`` returns ``(y_hat, z)``.
+The training objective is the official ``main.py``'s: label-smoothed CE (the recipe) +
+``lambda_2 · MMD + lambda_1 · ||mean z||`` (:func:`latent_regularisers`, official
+``loss.get_mmd_loss``; ``lambda_1 = 1e-4``, ``lambda_2 = 0.1`` as the official defaults).
+:meth:`InfoGCN.head_with_latent` returns ``(logits, z)``; ``forward``/``head`` return the logits only
+(the encoder contract; the official ``forward`` returns ``(y_hat, z)``) and, in train mode, keep
+``z`` for :meth:`InfoGCN.regulariser`, which the trainer adds to the loss. ``z_prior`` is a
+(non-persistent) buffer.
 
 Details that differ from CTR-GCN and are reproduced here:
 
@@ -179,17 +182,40 @@ class EncodingBlock(nn.Module):
         return torch.relu(self.tcn(self.agcn(x)) + self.residual(x))
 
 
+def latent_regularisers(z: Tensor, z_prior: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """InfoGCN's two latent terms (official ``loss.get_mmd_loss``), vectorised and without host sync.
+
+    * ``mmd``: mean squared difference between each batch class's mean latent and its prior row,
+      over the classes present in the batch and the latent dimensions (``F.mse_loss(z_mean[valid],
+      z_prior[valid])``);
+    * ``l2_z_mean``: the L2 norm of the batch's mean latent.
+
+    z: (N, d) latents; z_prior: (num_class, d); labels: (N,) in ``[0, num_class)``.
+    """
+    num_class, d = z_prior.shape
+    counts = torch.bincount(labels, minlength=num_class)  # (num_class,)
+    sums = z.new_zeros(num_class, d).index_add(0, labels, z)  # (num_class, d)
+    z_mean = sums / counts.clamp_min(1)[:, None]
+    present = (counts > 0).to(z.dtype)
+    mmd = (((z_mean - z_prior.to(z.dtype)) ** 2).sum(1) * present).sum() / (present.sum() * d)
+    return mmd, z.mean(0).norm()
+
+
 class InfoGCN(Encoder):
     """InfoGCN encoder. Final map (N·M, 256, T/4, V) (output of ``l9``); head = mean pool → VIB → decoder.
 
-    Constructor arguments are the official ``InfoGCN``'s, ``graph`` a layout name. ``forward(x)``
-    returns logits; use :meth:`head_with_latent` for ``(logits, z)``.
+    Constructor arguments are the official ``InfoGCN``'s, ``graph`` a layout name, plus ``lambda_1`` /
+    ``lambda_2``: the weights of the latent terms of the objective (official ``main.py``'s
+    ``--lambda_1`` / ``--lambda_2``; 0 and 0 drop them). ``forward(x)`` returns logits; use
+    :meth:`head_with_latent` for ``(logits, z)``.
     """
 
     def __init__(self, num_class: int = 60, num_point: int = 25, num_person: int = 2, graph: str | None = "ntu",
                  in_channels: int = 3, drop_out: float = 0, num_head: int = 3, noise_ratio: float = 0.1,
-                 k: int = 0, gain: float = 1) -> None:
+                 k: int = 0, gain: float = 1, lambda_1: float = 1e-4, lambda_2: float = 0.1) -> None:
         super().__init__()
+        self.lambda_1, self.lambda_2 = float(lambda_1), float(lambda_2)
+        self._latent: Tensor | None = None  # z of the last train-mode head(), for regulariser()
         A_vector = joint_mixing(graph, k)  # (V, V) float64; validates the graph name
         if A_vector.shape[0] != num_point:
             raise ValueError(f"graph {graph!r} has {A_vector.shape[0]} joints, but num_point={num_point}")
@@ -260,4 +286,17 @@ class InfoGCN(Encoder):
         return self.decoder(z), z
 
     def head(self, features: Tensor, num_person: int) -> Tensor:
-        return self.head_with_latent(features, num_person)[0]
+        logits, z = self.head_with_latent(features, num_person)
+        self._latent = z if self.training else None
+        return logits
+
+    def regulariser(self, labels: Tensor) -> Tensor | None:
+        """``lambda_2 · MMD + lambda_1 · ||mean z||`` of the last train-mode forward (consumed here).
+
+        None when both weights are 0 or no train-mode forward came before.
+        """
+        z, self._latent = self._latent, None
+        if z is None or (self.lambda_1 == 0 and self.lambda_2 == 0):
+            return None
+        mmd, l2_z_mean = latent_regularisers(z.float(), self.z_prior, labels.to(z.device, torch.long))
+        return self.lambda_2 * mmd + self.lambda_1 * l2_z_mean

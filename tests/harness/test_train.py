@@ -353,6 +353,19 @@ def test_competitor_heads_train_through_the_trainer(ucla_h5, tmp_path, head):
         train(files, params + ["TrainConfig.csre = True"], run_dir=tmp_path / "bad")
 
 
+def test_infogcn_trains_with_its_own_objective(ucla_h5, tmp_path):
+    """InfoGCN's MMD and latent-mean terms enter the loss (and the record) through Encoder.regulariser."""
+    params = cell_params(ucla_h5, "Recipe.epochs = 1", "TrainConfig.max_steps = 3", "Recipe.base_lr = 0.0001")
+    m = train(cell_files("infogcn"), params, run_dir=tmp_path / "on")
+    t = m["history"][0]["train"]
+    assert t["regulariser"] > 0 and t["contrastive"] == 0
+    assert t["loss"] == pytest.approx(t["ce"] + t["regulariser"], rel=1e-6)
+    off = train(cell_files("infogcn"), params + ["models.InfoGCN.lambda_1 = 0", "models.InfoGCN.lambda_2 = 0"],
+                run_dir=tmp_path / "off")
+    t = off["history"][0]["train"]
+    assert t["regulariser"] == 0 and t["loss"] == pytest.approx(t["ce"], rel=1e-6)
+
+
 def test_fp16_max_steps_and_worker_processes(ucla_h5, tmp_path):
     """fp16 autocast with its GradScaler, the per-epoch step cap and DataLoader worker processes."""
     params = cell_params(ucla_h5, "Recipe.epochs = 1", "TrainConfig.precision = 'fp16'", "TrainConfig.max_steps = 2",

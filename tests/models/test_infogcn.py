@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from models.adjacency import inward_edges, reroot
-from models.infogcn import InfoGCN, InfoGCNTemporalConv
+from models.infogcn import InfoGCN, InfoGCNTemporalConv, latent_regularisers
 from models.registry import encoder_class
 from tests.conftest import fixture_params, require_fixture
 from tests.models import encoder_fixture_paths, load_fixture
@@ -187,6 +187,54 @@ def test_latent_head() -> None:
         assert torch.equal(model.head(feats, 2), a[0])
         eps = (a[1] - z) / torch.clamp((0.5 * model.fc_logvar(pooled)).exp(), max=100)
         assert abs(eps.mean().item()) < 0.2 and abs(eps.std().item() - 1) < 0.2  # standard normal noise
+
+
+def official_latent_terms(z: Tensor, z_prior: Tensor, y: Tensor, num_cls: int) -> tuple[Tensor, Tensor]:
+    """The official ``loss.get_mmd_loss`` formula, one class at a time (slow reference)."""
+    present = [c for c in range(num_cls) if bool((y == c).any())]
+    z_mean = torch.stack([z[y == c].mean(dim=0) for c in present])
+    mmd = torch.nn.functional.mse_loss(z_mean, z_prior[present])
+    return mmd, torch.linalg.norm(z.mean(dim=0), ord=2)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_latent_regularisers_equal_the_official_formula(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    z = (3 * torch.randn(12, 16, generator=g)).requires_grad_()
+    z_prior = torch.randn(7, 16, generator=g)
+    y = torch.randint(0, 5, (12,), generator=g)  # classes 5 and 6 (and maybe others) absent
+    mmd, l2 = latent_regularisers(z, z_prior, y)
+    ref_mmd, ref_l2 = official_latent_terms(z, z_prior, y, 7)
+    torch.testing.assert_close(mmd, ref_mmd, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(l2, ref_l2, rtol=1e-6, atol=1e-6)
+    grads = torch.autograd.grad(mmd + l2, z)[0], torch.autograd.grad(ref_mmd + ref_l2, z)[0]
+    torch.testing.assert_close(*grads, rtol=1e-5, atol=1e-6)
+
+
+def test_regulariser_is_the_official_objective_of_the_last_train_forward() -> None:
+    """head() keeps z in train mode only; regulariser() = lambda_2·MMD + lambda_1·||mean z||, once."""
+    torch.manual_seed(0)
+    model = InfoGCN(num_class=10, num_point=20, num_person=1, graph="ucla", k=1, noise_ratio=0.5, gain=3)
+    feats = torch.randn(4, 256, 3, 20).relu()
+    y = torch.tensor([3, 3, 7, 1])
+    model.eval()
+    model.head(feats, 1)
+    assert model.regulariser(y) is None  # eval forwards keep nothing
+    model.train()
+    torch.manual_seed(1)
+    model.head(feats, 1)
+    reg = model.regulariser(y)
+    torch.manual_seed(1)
+    _, z = model.head_with_latent(feats, 1)
+    mmd, l2 = official_latent_terms(z, model.z_prior, y, 10)
+    torch.testing.assert_close(reg, 0.1 * mmd + 1e-4 * l2)
+    assert model.regulariser(y) is None  # consumed
+    reg.backward()
+    for name in ("fc.weight", "fc_mu.weight", "fc_logvar.weight"):
+        assert model.get_parameter(name).grad.abs().sum() > 0, name
+    off = InfoGCN(num_class=10, num_point=20, num_person=1, graph="ucla", lambda_1=0, lambda_2=0).train()
+    off.head(feats, 1)
+    assert off.regulariser(y) is None
 
 
 def test_class_prior_is_an_orthogonal_buffer() -> None:
