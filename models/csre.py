@@ -73,7 +73,7 @@ from torch import Tensor, nn
 from models.encoder import Encoder, mean_pool
 
 __all__ = [
-    "STFD", "MemoryBank", "InfoNCE", "CSREOutput", "CSRE", "SampleSpace", "csre_infonce", "class_slot_table",
+    "STFD", "MemoryBank", "InfoNCE", "CSREOutput", "BankContrast", "CSRE", "SampleSpace", "csre_infonce", "class_slot_table",
     "column_of_rank", "complement_space", "draw_ranks", "draw_widths", "fifo_share", "fixed_draws", "mask_space",
     "random_ranks", "random_rows", "VARIANTS", "STRATEGIES",
 ]
@@ -692,8 +692,14 @@ def all_gather_cat(t: Tensor) -> Tensor:
     return torch.cat(parts)
 
 
-class CSRE(nn.Module):
-    """An encoder with the CSRE head (training only). See the module docstring for the semantics.
+class BankContrast(nn.Module):
+    """An encoder with label-indexed memory banks, one per named branch, and :func:`csre_infonce` on each.
+
+    The machinery :class:`CSRE` and :class:`models.heads.skeletongcl.SkeletonGCL` share: argument
+    checks, the dataset's class statistics and the small-class policy, the banks, the bank write and
+    loss per branch (:meth:`contrast`), the seeded generator of the random draws (its state in the
+    state_dict), injected draws, DDP and :meth:`export`. A subclass builds its projections after
+    ``super().__init__`` and calls :meth:`contrast` with one feature per branch in its ``forward``.
 
     Args:
         encoder: an :class:`~models.encoder.Encoder` (``features`` / ``head`` contract).
@@ -701,18 +707,10 @@ class CSRE(nn.Module):
             repeated within an epoch, e.g. NW-UCLA ``repeat=5``, the repeated length 5·1020).
         labels: (num_samples,) labels aligned with the dataset index the feeder returns
             (``SkeletonFeeder.labels``); see :meth:`from_dataset`.
-        input_shape: (C, T, V, M) of the encoder's input; T' and V of the feature map are read
-            from one dry run of ``encoder.features``. Or give ``feature_size``.
-        feature_size: (T', V) of the feature map, if known.
-        dim: feature dimension of the banks (256). r: STFD channel reduction (8).
+        branches: names of the contrasted features, one bank each (contrasted in this order).
+        dim: feature dimension of the banks (256).
         K_pos, K_hard, K_rand: positives, hard negatives, random negatives per anchor (128/512/512).
         tau: temperature (0.8; the paper's grid 0.5/0.8/1.0).
-        weights: (w_s, w_t): the official code uses 0.5 each (``(L_s + L_t) / 2``); the paper's
-            eq. (10) uses 1 each. Default: the code.
-        gc_weight: weight of the global-feature term (variants "gc" and "csre+gc"; not in the
-            released code; 0.5 like each official term).
-        variant: "csre" (spatial + temporal), "sc" (spatial only), "tc" (temporal only), "gc"
-            (global pooled feature only), "csre+gc" (the paper's Table 5).
         pos_strategy, neg_strategy: "H", "R" or "R+H" (Table 6; official: H and R+H).
         seed: seed of the generator of the random draws (use the run seed).
         capacity: None = one slot per dataset index (official); an int C = FIFO queue of C slots
@@ -740,9 +738,6 @@ class CSRE(nn.Module):
     anchors out nearly always. The expectation is a static, sync-free choice; in steps where the
     queue holds fewer than the share the anchor is still gated out (the gate counts the queue).
 
-    Global feature (GC): the encoder's pooled feature (mean over T', V and persons, as the
-    classification head pools) projected by ``global_proj`` = Linear(C', dim).
-
     DDP: when ``torch.distributed`` is initialised, the normalised features, labels and indices
     of all ranks are all-gathered (rank order, no gradient) and written to every rank's bank, so
     all banks stay identical. Random draws are made for the global batch by every rank from
@@ -757,33 +752,28 @@ class CSRE(nn.Module):
     rank if they differ.
     """
 
-    def __init__(self, encoder: Encoder, num_samples: int, labels: Tensor | Sequence[int], *,
-                 input_shape: Sequence[int] | None = None, feature_size: Sequence[int] | None = None,
-                 dim: int = 256, r: int = 8, K_pos: int = 128, K_hard: int = 512, K_rand: int = 512,
-                 tau: float = 0.8, weights: Sequence[float] = (0.5, 0.5), gc_weight: float = 0.5,
-                 variant: str = "csre", pos_strategy: str = "H", neg_strategy: str = "R+H",
-                 seed: int = 0, capacity: int | None = None, small_classes: str = "error") -> None:
+    def __init__(self, encoder: Encoder, num_samples: int, labels: Tensor | Sequence[int], branches: Sequence[str], *,
+                 dim: int = 256, K_pos: int = 128, K_hard: int = 512, K_rand: int = 512, tau: float = 0.8,
+                 pos_strategy: str = "H", neg_strategy: str = "R+H", seed: int = 0, capacity: int | None = None,
+                 small_classes: str = "error") -> None:
         super().__init__()
-        if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
         _check_strategy("pos_strategy", pos_strategy)
         neg_sets = _check_strategy("neg_strategy", neg_strategy)
         if small_classes not in SMALL_CLASS_POLICIES:
             raise ValueError(f"small_classes must be one of {SMALL_CLASS_POLICIES}, got {small_classes!r}")
         if tau <= 0:
             raise ValueError(f"tau must be positive, got {tau}")
-        if len(weights) != 2:
-            raise ValueError(f"weights must be (w_s, w_t), got {weights!r}")
         labels = torch.as_tensor(labels, dtype=torch.long).flatten()
         if labels.numel() != num_samples:
             raise ValueError(f"labels has {labels.numel()} entries but num_samples={num_samples}; they must be "
                              "aligned with the dataset index (a repeated dataset: the repeated length)")
         if labels.numel() and labels.min() < 0:
             raise ValueError("labels must be non-negative")
+        if not branches or len(set(branches)) != len(branches):
+            raise ValueError(f"branches must be distinct names, got {tuple(branches)!r}")
         self.encoder = encoder
-        self.num_samples, self.variant, self.branches = int(num_samples), variant, VARIANTS[variant]
+        self.num_samples, self.branches = int(num_samples), tuple(branches)
         self.K_pos, self.K_hard, self.K_rand, self.tau = int(K_pos), int(K_hard), int(K_rand), float(tau)
-        self.weights = {"s": float(weights[0]), "t": float(weights[1]), "g": float(gc_weight)}
         self.pos_strategy, self.neg_strategy = pos_strategy, neg_strategy
         self.seed, self.capacity, self.small_classes = int(seed), capacity, small_classes
 
@@ -818,19 +808,6 @@ class CSRE(nn.Module):
                 "small_classes='skip' (official behaviour: those anchors never contribute) or 'clamp' "
                 "(use min(K, available) samples for them).")
 
-        if input_shape is None and feature_size is None:
-            raise ValueError("give input_shape=(C, T, V, M) (T' and V are read from a dry run of the encoder) "
-                             "or feature_size=(T', V)")
-        if feature_size is None:
-            feature_size = self._probe(encoder, input_shape)
-        T_, V_ = (int(v) for v in feature_size)
-        C_ = int(encoder.out_channels)
-        self.feature_size = (T_, V_)
-        stfd_branches = [b for b in self.branches if b in ("s", "t")]
-        if stfd_branches:
-            self.std = STFD(C_, V_, T_, dim=dim, r=r, branches=stfd_branches)
-        if "g" in self.branches:
-            self.global_proj = nn.Linear(C_, dim)
         self.banks = nn.ModuleDict({b: MemoryBank(dim, labels if capacity is None else None, capacity)
                                     for b in self.branches})
         self._generator: torch.Generator | None = None
@@ -839,56 +816,13 @@ class CSRE(nn.Module):
         self._seed_checked = False  # DDP: ranks' seeds compared on the first random draw
 
     @classmethod
-    def from_dataset(cls, encoder: Encoder, dataset, **kwargs) -> "CSRE":
+    def from_dataset(cls, encoder: Encoder, dataset, **kwargs) -> "BankContrast":
         """Bank size and labels from a dataset exposing ``labels`` aligned with its index (SkeletonFeeder)."""
         return cls(encoder, len(dataset), torch.as_tensor(dataset.labels), **kwargs)
 
-    @staticmethod
-    def _probe(encoder: Encoder, input_shape: Sequence[int]) -> tuple[int, int]:
-        C, T, V, M = (int(v) for v in input_shape)
-        param = next(encoder.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-        was_training = encoder.training
-        encoder.eval()  # no BatchNorm statistics update
-        try:
-            with torch.no_grad():
-                fmap = encoder.features(torch.zeros(1, C, T, V, M, device=device))
-        finally:
-            encoder.train(was_training)
-        return int(fmap.shape[2]), int(fmap.shape[3])
-
-    # -- forward ---------------------------------------------------------------------------
-
-    def forward(self, x: Tensor, labels: Tensor | None = None, index: Tensor | None = None) -> Tensor | CSREOutput:
-        """Eval mode: ``encoder(x)`` exactly. Train mode: :class:`CSREOutput` (needs labels and index)."""
-        if not self.training:
-            return self.encoder(x)
-        if labels is None or (index is None and self.capacity is None):
-            raise ValueError("in train mode CSRE needs the batch labels and dataset indices: model(x, labels, index)")
-        M = self.encoder.persons_in(x)
-        fmap = self.encoder.features(x)  # (N·M, C', T', V)
-        logits = self.encoder.head(fmap, M)  # (N, num_class)
-        feats = self.branch_features(fmap, M)
-        terms, valid = self.contrast(feats, labels, index)
-        contrastive = sum(self.weights[b] * terms[b] for b in self.branches)
-        return CSREOutput(logits, contrastive, terms, valid)
-
-    def branch_features(self, fmap: Tensor, num_person: int) -> dict[str, Tensor]:
-        """Unnormalised features per branch from the final map: {"s": (N, dim), "t": ..., "g": ...}."""
-        out: dict[str, Tensor] = {}
-        if hasattr(self, "std"):
-            x_s, x_t = self.std(fmap, num_person)
-            if x_s is not None:
-                out["s"] = x_s
-            if x_t is not None:
-                out["t"] = x_t
-        if "g" in self.branches:
-            out["g"] = self.global_proj(mean_pool(fmap, num_person))
-        return out
-
     def contrast(self, feats: Mapping[str, Tensor], labels: Tensor, index: Tensor | None
                  ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Bank write and InfoNCE for each branch, in the order s, t, g (official: spatial first).
+        """Bank write and InfoNCE for each branch, in the order of ``branches`` (CSRE: s, t, g; official: spatial first).
 
         Returns the unweighted losses and the valid-anchor masks per branch. Under DDP the loss is
         this rank's share (see the class docstring).
@@ -945,7 +879,7 @@ class CSRE(nn.Module):
         injected draw. For tests and replays of recorded runs.
         """
         if branch not in self.branches:
-            raise ValueError(f"branch {branch!r} is not contrasted by variant {self.variant!r}")
+            raise ValueError(f"branch {branch!r} is not contrasted by this head (branches: {self.branches})")
         self._injected[branch] = {k: v for k, v in (("pos", pos), ("neg", neg)) if v is not None}
 
     def _drawer(self, branch: str, n: int, device: torch.device, total_rows: int, row_offset: int) -> DrawFn:
@@ -1019,11 +953,107 @@ class CSRE(nn.Module):
         self._seed_checked = False
         self._pending_state = None if state["generator"] is None else (state["device_type"], state["generator"].clone())
 
-    # -- removal and official checkpoints ----------------------------------------------------
+    # -- removal ---------------------------------------------------------------------------
 
     def export(self) -> OrderedDict[str, Tensor]:
-        """Encoder-only state_dict (no STFD, banks or generator): loads strictly into the bare encoder."""
+        """Encoder-only state_dict (no head, banks or generator): loads strictly into the bare encoder."""
         return OrderedDict((k, v.detach().clone()) for k, v in self.encoder.state_dict().items())
+
+
+class CSRE(BankContrast):
+    """An encoder with the CSRE head (training only). See the module docstring for the semantics.
+
+    Args (the others are :class:`BankContrast`'s: num_samples, labels, dim, K_pos, K_hard, K_rand,
+    tau, pos_strategy, neg_strategy, seed, capacity, small_classes):
+        encoder: an :class:`~models.encoder.Encoder` (``features`` / ``head`` contract).
+        input_shape: (C, T, V, M) of the encoder's input; T' and V of the feature map are read
+            from one dry run of ``encoder.features``. Or give ``feature_size``.
+        feature_size: (T', V) of the feature map, if known.
+        r: STFD channel reduction (8).
+        weights: (w_s, w_t): the official code uses 0.5 each (``(L_s + L_t) / 2``); the paper's
+            eq. (10) uses 1 each. Default: the code.
+        gc_weight: weight of the global-feature term (variants "gc" and "csre+gc"; not in the
+            released code; 0.5 like each official term).
+        variant: "csre" (spatial + temporal), "sc" (spatial only), "tc" (temporal only), "gc"
+            (global pooled feature only), "csre+gc" (the paper's Table 5).
+
+    Global feature (GC): the encoder's pooled feature (mean over T', V and persons, as the
+    classification head pools) projected by ``global_proj`` = Linear(C', dim).
+    """
+
+    def __init__(self, encoder: Encoder, num_samples: int, labels: Tensor | Sequence[int], *,
+                 input_shape: Sequence[int] | None = None, feature_size: Sequence[int] | None = None,
+                 dim: int = 256, r: int = 8, K_pos: int = 128, K_hard: int = 512, K_rand: int = 512,
+                 tau: float = 0.8, weights: Sequence[float] = (0.5, 0.5), gc_weight: float = 0.5,
+                 variant: str = "csre", pos_strategy: str = "H", neg_strategy: str = "R+H",
+                 seed: int = 0, capacity: int | None = None, small_classes: str = "error") -> None:
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+        if len(weights) != 2:
+            raise ValueError(f"weights must be (w_s, w_t), got {weights!r}")
+        super().__init__(encoder, num_samples, labels, VARIANTS[variant], dim=dim, K_pos=K_pos, K_hard=K_hard,
+                         K_rand=K_rand, tau=tau, pos_strategy=pos_strategy, neg_strategy=neg_strategy, seed=seed,
+                         capacity=capacity, small_classes=small_classes)
+        self.variant = variant
+        self.weights = {"s": float(weights[0]), "t": float(weights[1]), "g": float(gc_weight)}
+        if input_shape is None and feature_size is None:
+            raise ValueError("give input_shape=(C, T, V, M) (T' and V are read from a dry run of the encoder) "
+                             "or feature_size=(T', V)")
+        if feature_size is None:
+            feature_size = self._probe(encoder, input_shape)
+        T_, V_ = (int(v) for v in feature_size)
+        C_ = int(encoder.out_channels)
+        self.feature_size = (T_, V_)
+        stfd_branches = [b for b in self.branches if b in ("s", "t")]
+        if stfd_branches:
+            self.std = STFD(C_, V_, T_, dim=dim, r=r, branches=stfd_branches)
+        if "g" in self.branches:
+            self.global_proj = nn.Linear(C_, dim)
+
+    @staticmethod
+    def _probe(encoder: Encoder, input_shape: Sequence[int]) -> tuple[int, int]:
+        C, T, V, M = (int(v) for v in input_shape)
+        param = next(encoder.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        was_training = encoder.training
+        encoder.eval()  # no BatchNorm statistics update
+        try:
+            with torch.no_grad():
+                fmap = encoder.features(torch.zeros(1, C, T, V, M, device=device))
+        finally:
+            encoder.train(was_training)
+        return int(fmap.shape[2]), int(fmap.shape[3])
+
+    # -- forward ---------------------------------------------------------------------------
+
+    def forward(self, x: Tensor, labels: Tensor | None = None, index: Tensor | None = None) -> Tensor | CSREOutput:
+        """Eval mode: ``encoder(x)`` exactly. Train mode: :class:`CSREOutput` (needs labels and index)."""
+        if not self.training:
+            return self.encoder(x)
+        if labels is None or (index is None and self.capacity is None):
+            raise ValueError("in train mode CSRE needs the batch labels and dataset indices: model(x, labels, index)")
+        M = self.encoder.persons_in(x)
+        fmap = self.encoder.features(x)  # (N·M, C', T', V)
+        logits = self.encoder.head(fmap, M)  # (N, num_class)
+        feats = self.branch_features(fmap, M)
+        terms, valid = self.contrast(feats, labels, index)
+        contrastive = sum(self.weights[b] * terms[b] for b in self.branches)
+        return CSREOutput(logits, contrastive, terms, valid)
+
+    def branch_features(self, fmap: Tensor, num_person: int) -> dict[str, Tensor]:
+        """Unnormalised features per branch from the final map: {"s": (N, dim), "t": ..., "g": ...}."""
+        out: dict[str, Tensor] = {}
+        if hasattr(self, "std"):
+            x_s, x_t = self.std(fmap, num_person)
+            if x_s is not None:
+                out["s"] = x_s
+            if x_t is not None:
+                out["t"] = x_t
+        if "g" in self.branches:
+            out["g"] = self.global_proj(mean_pool(fmap, num_person))
+        return out
+
+    # -- official checkpoints ----------------------------------------------------------------
 
     def load_official_state_dict(self, state_dict: Mapping[str, Tensor], strict: bool = True) -> None:
         """Load an official CSRE checkpoint: encoder keys unprefixed, STFD keys ``std.*``.

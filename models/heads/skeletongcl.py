@@ -18,7 +18,8 @@ Follows the official code (``OliverHxh/SkeletonGCL``: ``model/ctrgcn.py``, ``mod
    ``K_pos``/``K_hard``/``K_rand`` gate, hardest positives, hardest + random negatives, CE at
    temperature ``tau``. The banks, the vectorised loss, the seeded generator of the random
    negatives (its state in the state_dict), the small-class policies, FIFO banks and the DDP
-   all-gather are :class:`models.csre.CSRE`'s own: :class:`SkeletonGCL` subclasses it.
+   all-gather are CSRE's own: :class:`SkeletonGCL` and :class:`models.csre.CSRE` share
+   :class:`models.csre.BankContrast`.
 4. **Loss** = CE + ``weight``·L_graph with ``weight = 1`` (official ``main.py``: ``loss + contrast``
    when ``contrast > 0``; an exact zero is added here instead, which is equivalent).
    ``tau``: 0.8 for the joint stream, 0.5 for bone, joint-motion and bone-motion (the official
@@ -59,7 +60,7 @@ import torch
 from torch import Tensor, nn
 
 from models.agcn import AGCN
-from models.csre import CSRE, CSREOutput
+from models.csre import BankContrast, CSREOutput
 from models.ctrgcn import CTRGCN
 from models.encoder import Encoder
 
@@ -82,7 +83,7 @@ def graph_source(encoder: Encoder) -> str:
         "attention product), as the official code does; other encoders have no such graph (use CSRE or FR-Head)")
 
 
-class SkeletonGCL(CSRE):
+class SkeletonGCL(BankContrast):
     """An encoder (CTR-GCN or 2s-AGCN) with the SkeletonGCL head (training only).
 
     See the module docstring for the semantics. Train mode: ``model(x, labels, index)`` ->
@@ -98,9 +99,9 @@ class SkeletonGCL(CSRE):
         dim: projection / bank dimension (256). K_pos, K_hard, K_rand: 128 / 512 / 512.
         tau: temperature (0.8 joint; 0.5 bone, joint-motion, bone-motion in the official scripts).
         weight: weight of the graph term (official 1).
-        pos_strategy, neg_strategy: as :class:`~models.csre.CSRE` (official "H" / "R+H").
+        pos_strategy, neg_strategy: as :class:`~models.csre.BankContrast` (official "H" / "R+H").
         seed: seed of the random-negative generator (use the run seed).
-        capacity, small_classes: as :class:`~models.csre.CSRE`.
+        capacity, small_classes: as :class:`~models.csre.BankContrast`.
         train_projection: False (official: the projection is never optimised) or True.
     """
 
@@ -112,19 +113,12 @@ class SkeletonGCL(CSRE):
         source = graph_source(encoder)
         if input_shape is not None and len(tuple(input_shape)) != 4:
             raise ValueError(f"input_shape must be (C, T, V, M), got {tuple(input_shape)!r}")
-        # CSRE's constructor validates the arguments and builds the bank, the class tables and the
-        # generator. Its "gc" variant also builds a projection of the pooled feature, unused here and
-        # deleted below; fork_rng keeps the global RNG as if it had never been drawn, so ``trans`` takes
-        # the same random numbers as the official InfoNCEGraph built right after the model.
-        with torch.random.fork_rng(devices=[]):
-            super().__init__(encoder, num_samples, labels, input_shape=None, feature_size=(1, 1), dim=dim,
-                             K_pos=K_pos, K_hard=K_hard, K_rand=K_rand, tau=tau, weights=(0.0, 0.0),
-                             gc_weight=weight, variant="gc", pos_strategy=pos_strategy,
-                             neg_strategy=neg_strategy, seed=seed, capacity=capacity, small_classes=small_classes)
-        del self.global_proj, self.feature_size
-        # one branch, "graph" (CSRE's contrast() iterates self.branches and self.banks)
-        self.variant, self.branches = "skeletongcl", ("graph",)
-        self.banks = nn.ModuleDict({"graph": self.banks["g"]})
+        # the bank machinery draws no random numbers, so ``trans`` below takes the same ones as the
+        # official InfoNCEGraph built right after the model
+        super().__init__(encoder, num_samples, labels, ("graph",), dim=dim, K_pos=K_pos, K_hard=K_hard,
+                         K_rand=K_rand, tau=tau, pos_strategy=pos_strategy, neg_strategy=neg_strategy, seed=seed,
+                         capacity=capacity, small_classes=small_classes)
+        self.variant = "skeletongcl"
         self.weights = {"graph": float(weight)}
 
         gcn = getattr(encoder, GRAPH_BLOCK).gcn1
@@ -202,9 +196,6 @@ class SkeletonGCL(CSRE):
         logits = self.encoder.head(fmap, self.encoder.persons_in(x))
         terms, valid = self.contrast({"graph": self.trans(graph)}, labels, index)
         return CSREOutput(logits, self.weights["graph"] * terms["graph"], terms, valid)
-
-    def branch_features(self, fmap: Tensor, num_person: int) -> dict[str, Tensor]:
-        raise NotImplementedError("SkeletonGCL contrasts the l10 graph, not the final map: use features_and_graph(x)")
 
     # -- checkpoints -----------------------------------------------------------------------
 
