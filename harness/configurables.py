@@ -260,6 +260,10 @@ class Recipe:
     ``warm_up_epochs`` epochs ``lr = base_lr * (epoch + 1) / warm_up_epochs``; afterwards ``'step'``
     gives ``base_lr * gamma ** (number of steps <= epoch)`` and ``'exp'`` (HCN) gives
     ``base_lr * gamma ** epoch``. ``momentum`` and ``nesterov`` apply to SGD only.
+
+    ``clip_norm_per_sample``: gradient clipping as HCN-pytorch's ``main.py``: the total L2 norm of
+    all gradients is clipped to ``clip_norm_per_sample * batch_size`` (its ``clip *
+    batch_size_train``) before each optimiser step; None (the others) does not clip.
     """
 
     optimizer: str = "sgd"  # 'sgd' | 'adam'
@@ -274,6 +278,7 @@ class Recipe:
     epochs: int = 65
     batch_size: int = 64
     test_batch_size: int = 64
+    clip_norm_per_sample: float | None = None
     source: str = ""  # where the values come from: "owner/repo path/to/config"
 
     def __post_init__(self) -> None:
@@ -286,6 +291,8 @@ class Recipe:
             raise ValueError(f"Recipe.steps must be increasing, got {list(self.steps)}")
         if self.base_lr <= 0 or self.epochs < 1 or self.batch_size < 1 or self.test_batch_size < 1:
             raise ValueError(f"Recipe: base_lr, epochs and batch sizes must be positive ({self})")
+        if self.clip_norm_per_sample is not None and not self.clip_norm_per_sample > 0:
+            raise ValueError(f"Recipe.clip_norm_per_sample must be positive or None, got {self.clip_norm_per_sample}")
         if not 0 <= self.warm_up_epochs <= self.epochs:
             raise ValueError(f"Recipe.warm_up_epochs={self.warm_up_epochs} must be in [0, epochs={self.epochs}] "
                              f"(shortening a recipe? set Recipe.warm_up_epochs too)")
@@ -315,6 +322,11 @@ class Recipe:
             return SGD(params, lr=self.base_lr, momentum=self.momentum, nesterov=self.nesterov,
                        weight_decay=self.weight_decay)
         return Adam(params, lr=self.base_lr, weight_decay=self.weight_decay)
+
+    @property
+    def max_grad_norm(self) -> float | None:
+        """The gradient-norm bound of one optimiser step (``clip_norm_per_sample * batch_size``), or None."""
+        return None if self.clip_norm_per_sample is None else self.clip_norm_per_sample * self.batch_size
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

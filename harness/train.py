@@ -348,10 +348,15 @@ class Trainer:
                         f"good checkpoint is kept: lower Recipe.base_lr, try precision='fp32', or check the data for NaN")
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()
+                    if recipe.max_grad_norm is not None:
+                        self.scaler.unscale_(self.optimizer)  # clip the true gradients
+                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), recipe.max_grad_norm)
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
                 else:
                     loss.backward()
+                    if recipe.max_grad_norm is not None:
+                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), recipe.max_grad_norm)
                     self.optimizer.step()
                 n = float(y.numel())
                 # [loss·n, CE·n, CSRE·n, regulariser·n, correct, n, stop]: summed over ranks under DDP,

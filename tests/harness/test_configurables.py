@@ -137,7 +137,8 @@ def test_official_parameter_counts_from_gin():
 # --------------------------------------------------------------------------- recipes
 
 CTRGCN_NTU = dict(optimizer="sgd", nesterov=True, momentum=0.9, base_lr=0.1, steps=(35, 55), gamma=0.1,
-                  lr_decay_type="step", warm_up_epochs=5, epochs=65, batch_size=64, weight_decay=4e-4)
+                  lr_decay_type="step", warm_up_epochs=5, epochs=65, batch_size=64, weight_decay=4e-4,
+                  clip_norm_per_sample=None)
 NTU_AUG = dict(window=64, train_p_interval=(0.5, 1.0), test_p_interval=(0.95,), random_rot=0.3, repeat=1,
                spine_relative=False)
 UCLA_AUG = dict(window=52, train_p_interval=None, test_p_interval=None, random_rot=None, repeat=5)
@@ -160,7 +161,8 @@ RECIPES = {
              {**NTU_AUG, "window": 300, "train_p_interval": (1.0,), "test_p_interval": (1.0,), "random_rot": 0.0}),
     "agcn_ctrgcn_pipeline": ("ntu60_xsub", CTRGCN_NTU, NTU_AUG),
     "hcn": ("ntu60_xsub", dict(optimizer="adam", base_lr=1e-3, lr_decay_type="exp", gamma=0.99, steps=(),
-                               warm_up_epochs=0, epochs=400, batch_size=64, weight_decay=1e-4),
+                               warm_up_epochs=0, epochs=400, batch_size=64, weight_decay=1e-4,
+                               clip_norm_per_sample=0.5),
             {**NTU_AUG, "random_rot": 0.0}),
 }
 
@@ -186,6 +188,23 @@ def test_recipe_order_later_file_wins_and_bindings_win_last():
     r, d = Recipe(), DataConfig()
     assert r.steps == (50,) and r.batch_size == 16 and r.base_lr == 0.05
     assert d.modality == "bone" and d.repeat == 5 and d.num_point == 20
+
+
+@pytest.mark.parametrize("files, params, bound", [
+    (("encoders/hcn.gin", "datasets/ntu60_xsub.gin"), [], 32.0),  # HCN-pytorch: clip 0.5 x batch_size_train 64
+    (("encoders/hcn.gin", "datasets/ntu60_xsub.gin"), ["Recipe.batch_size = 8"], 4.0),
+    # HCN's NW-UCLA cells run the CTR-GCN NW-UCLA recipe entirely: no clipping
+    (("encoders/hcn.gin", "datasets/ucla.gin", "recipes/ctrgcn_ucla.gin"), [], None),
+    (("encoders/ctrgcn.gin", "datasets/ntu60_xsub.gin"), [], None),
+])
+def test_gradient_clipping_is_hcns_and_scales_with_the_batch(files, params, bound):
+    parse_gin([gin_path(*f.split("/")) for f in files], params)
+    assert Recipe().max_grad_norm == bound
+
+
+def test_gradient_clipping_bound_must_be_positive():
+    with pytest.raises(ValueError, match="clip_norm_per_sample"):
+        Recipe(clip_norm_per_sample=0.0)
 
 
 def test_ntu_recipe_with_ucla_dataset_is_an_error_naming_the_fix():

@@ -366,6 +366,30 @@ def test_infogcn_trains_with_its_own_objective(ucla_h5, tmp_path):
     assert t["regulariser"] == 0 and t["loss"] == pytest.approx(t["ce"], rel=1e-6)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_gradient_clipping_bounds_every_step(ucla_h5, tmp_path, monkeypatch, precision):
+    """Recipe.clip_norm_per_sample clips the (unscaled) gradient norm to clip x batch before each step."""
+    calls = []
+    real = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *args, **kwargs):
+        params = list(params)
+        total = real(params, max_norm, *args, **kwargs)
+        calls.append((max_norm, float(torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(p.grad) for p in params if p.grad is not None])))))
+        return total
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    params = cell_params(ucla_h5, "Recipe.epochs = 1", "TrainConfig.max_steps = 3", "Recipe.clip_norm_per_sample = 0.01",
+                         f"TrainConfig.precision = '{precision}'")
+    train(cell_files("hcn"), params, run_dir=tmp_path / "clip")
+    assert [c[0] for c in calls] == [0.01 * 8] * 3  # batch 8 in the ci profile, once per step
+    assert all(after <= 0.08 * (1 + 1e-4) for _, after in calls)
+    calls.clear()
+    train(cell_files("hcn"), params[:-2] + [f"TrainConfig.precision = '{precision}'"], run_dir=tmp_path / "none")
+    assert calls == []  # the NW-UCLA stand-in recipe does not clip
+
+
 def test_fp16_max_steps_and_worker_processes(ucla_h5, tmp_path):
     """fp16 autocast with its GradScaler, the per-epoch step cap and DataLoader worker processes."""
     params = cell_params(ucla_h5, "Recipe.epochs = 1", "TrainConfig.precision = 'fp16'", "TrainConfig.max_steps = 2",
