@@ -196,6 +196,15 @@ def to_spine_relative(x: np.ndarray, layout: Layout) -> np.ndarray:
     return out
 
 
+def to_origin(x: np.ndarray, joint: int) -> np.ndarray:
+    """``x`` (C, T, V, M) minus joint ``joint`` (1-based) of person 0, per frame, for every joint and person.
+
+    HCN-pytorch's ``origin_transfer = 0`` (joint 2). Like the official, an absent second person
+    (zeros) becomes minus the origin's trajectory.
+    """
+    return x - x[:, :, joint - 1:joint, :1]  # (C, T, V, M) - (C, T, 1, 1)
+
+
 def to_motion(x: np.ndarray) -> np.ndarray:
     """Frame differences ``x[:, t+1] - x[:, t]``; the last frame is 0."""
     out = np.zeros_like(x)
@@ -251,7 +260,7 @@ class SkeletonFeeder(Dataset):
                  p_interval: Sequence[float] | None = None, random_rot: float | None = None,
                  min_crop: int = NTU_MIN_CROP, view_angle: int = UCLA_VIEW_ANGLE,
                  view_scale: tuple[float, float] = UCLA_VIEW_SCALE, spine_relative: bool = False,
-                 repeat: int = 1, seed: int = 0, subset: int | Sequence[int] | np.ndarray | None = None,
+                 origin_joint: int | None = None, repeat: int = 1, seed: int = 0, subset: int | Sequence[int] | np.ndarray | None = None,
                  dtype=np.float32, with_joints: bool = False):
         if modality not in MODALITIES:
             raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
@@ -269,6 +278,9 @@ class SkeletonFeeder(Dataset):
         self.train = (part == "train") if train is None else bool(train)
         self.window = DEFAULT_WINDOW[self.layout.name] if window is None else int(window)
         self.spine_relative = bool(spine_relative)
+        if origin_joint is not None and not 1 <= origin_joint <= self.layout.num_joints:
+            raise ValueError(f"origin_joint must be a joint number in 1..{self.layout.num_joints}, got {origin_joint}")
+        self.origin_joint = None if origin_joint is None else int(origin_joint)
         self.with_joints = bool(with_joints)
         self.repeat, self.seed, self.dtype = int(repeat), int(seed), np.dtype(dtype)
         self.min_crop, self.view_angle, self.view_scale = int(min_crop), int(view_angle), tuple(view_scale)
@@ -379,6 +391,8 @@ class SkeletonFeeder(Dataset):
                 x = random_rot(x, self.random_rot, rng)
         else:
             x = self._ucla(x, rng)
+        if self.origin_joint is not None:  # per-frame and linear: commutes with the resize and rotation
+            x = to_origin(x, self.origin_joint)
         out = to_modality(x, self.modality, self.layout, self.spine_relative)
         if self.with_joints:  # the pre-modality skeleton as 3 extra channels (BlockGCN's `joint`)
             out = np.concatenate((out, x), axis=0)
@@ -397,4 +411,5 @@ class SkeletonFeeder(Dataset):
     def __repr__(self) -> str:
         return (f"SkeletonFeeder({str(self.path)!r}, split={self.split!r}, part={self.part!r}, "
                 f"modality={self.modality!r}, train={self.train}, window={self.window}, n={self.num_samples}, "
-                f"repeat={self.repeat}, spine_relative={self.spine_relative}, with_joints={self.with_joints})")
+                f"repeat={self.repeat}, spine_relative={self.spine_relative}, origin_joint={self.origin_joint}, "
+                f"with_joints={self.with_joints})")

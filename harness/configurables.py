@@ -350,7 +350,9 @@ class DataConfig:
     :class:`data.feeder.SkeletonFeeder`). ``repeat`` applies to the training part only (NW-UCLA
     recipes use 5), ``random_rot`` too; ``train_p_interval`` / ``test_p_interval`` are the NTU
     crop ratios of the two parts. NTU-only options set for a 20-joint (NW-UCLA) config are an
-    error: that means an NTU recipe was combined with the NW-UCLA dataset file.
+    error: that means an NTU recipe was combined with the NW-UCLA dataset file. ``origin_joint``:
+    subtract that joint (1-based) of person 0 from every joint in every frame (HCN-pytorch's
+    ``origin_transfer``, joint 2), or None.
     """
 
     path: str = gin.REQUIRED
@@ -365,6 +367,7 @@ class DataConfig:
     test_p_interval: tuple[float, ...] | None = None
     random_rot: float | None = None
     spine_relative: bool = False
+    origin_joint: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", str(self.path))
@@ -372,6 +375,9 @@ class DataConfig:
         object.__setattr__(self, "test_p_interval", _floats(self.test_p_interval))
         if self.num_class < 1 or self.num_point < 1 or self.num_person < 1 or self.repeat < 1:
             raise ValueError(f"DataConfig: num_class, num_point, num_person and repeat must be >= 1 ({self})")
+        if self.origin_joint is not None and not 1 <= self.origin_joint <= self.num_point:
+            raise ValueError(f"DataConfig.origin_joint must be a joint number in 1..{self.num_point}, "
+                             f"got {self.origin_joint}")
         if self.window is not None and self.window < 1:
             raise ValueError(f"DataConfig.window must be >= 1, got {self.window}")
         for name in ("train_p_interval", "test_p_interval"):
@@ -414,7 +420,7 @@ class DataConfig:
             split=self.split, part=part, modality=self.modality, window=self.window,
             p_interval=self.train_p_interval if train else self.test_p_interval,
             random_rot=self.random_rot if train else None, spine_relative=self.spine_relative,
-            repeat=self.repeat if train else 1, seed=seed, subset=subset)
+            origin_joint=self.origin_joint, repeat=self.repeat if train else 1, seed=seed, subset=subset)
         kwargs.update(overrides)
         path = self.resolve_path(root)
         feeder = SkeletonFeeder(path, **kwargs)

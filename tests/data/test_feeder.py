@@ -351,6 +351,38 @@ def test_spine_relative_feeder(ntu_h5):
         np.testing.assert_allclose(np.delete(r, 20, axis=2), np.delete(p - p[:, :, 20:21], 20, axis=2), atol=0)
 
 
+def test_origin_transfer_hand_example():
+    """HCN-pytorch's origin_transfer 0: joint 2 of person 0, per frame, from every joint and person."""
+    x = np.zeros((3, 2, 25, 2))
+    x[:, :, :, 0] = np.arange(25)[None, None, :] + np.array([0, 100, 200])[:, None, None]
+    x[:, 1, :, 0] += 1000  # frame 1 moved (person 1 stays absent: zeros)
+    out = fd.to_origin(x, 2)
+    assert not out[:, :, 1, 0].any()  # the origin itself is 0 in every frame
+    np.testing.assert_array_equal(out[:, :, 5, 0], np.full((3, 2), 4.0))  # joint 6 - joint 2
+    np.testing.assert_array_equal(out[:, :, :, 1], np.broadcast_to(-x[:, :, 1:2, 0], (3, 2, 25)))  # absent: -origin
+    bone = fd.to_bone(out, NTU)  # bones are translation-free: person 0's unchanged, the absent person's 0
+    np.testing.assert_array_equal(bone[..., 0], fd.to_bone(x, NTU)[..., 0])
+    assert not bone[..., 1].any()
+
+
+def test_origin_joint_commutes_with_the_crop_and_rotation(ntu_h5):
+    """The feeder subtracts the origin after crop/resize and rotation; HCN-pytorch does it at load time,
+    before them. Both are per-frame linear maps, so the order does not matter."""
+    x = h5.read_sample(h5.open_samples(ntu_h5), 0, 40)  # (C, L, V, M) valid frames
+    for seed in range(3):
+        a = fd.to_origin(fd.random_rot(fd.valid_crop_resize(x, (0.5, 1.0), 64, np.random.default_rng(seed)), 0.3,
+                                       np.random.default_rng(seed + 10)), 2)
+        b = fd.random_rot(fd.valid_crop_resize(fd.to_origin(x, 2), (0.5, 1.0), 64, np.random.default_rng(seed)), 0.3,
+                          np.random.default_rng(seed + 10))
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+    kw = dict(split="all", part="train", subset=4, seed=3)
+    plain, moved = SkeletonFeeder(ntu_h5, **kw), SkeletonFeeder(ntu_h5, origin_joint=2, **kw)
+    for i in range(4):
+        np.testing.assert_allclose(moved[i][0], fd.to_origin(plain[i][0], 2), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="origin_joint must be a joint number in 1..25"):
+        SkeletonFeeder(ntu_h5, origin_joint=26, **kw)
+
+
 # ---------------------------------------------------------------------------------- transforms
 
 def test_rotation_matrix_is_official_convention():
