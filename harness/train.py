@@ -426,11 +426,7 @@ class Trainer:
         if ck["config"] != self._fingerprint():
             raise ValueError(f"{path}: written under a different gin configuration; refusing to resume "
                              f"(see {self.run_dir / 'config.gin'}; use another --run_dir to start afresh)")
-        self.model.load_state_dict(ck["model"])
-        self.optimizer.load_state_dict(ck["optimizer"])
-        if self.scaler is not None and ck["scaler"] is not None:
-            self.scaler.load_state_dict(ck["scaler"])
-        rng = ck["rng"]
+        rng = ck["rng"]  # checked before anything is loaded
         if "per_rank" in rng:
             saved = len(rng["per_rank"])
             if saved != self.world.size:
@@ -440,6 +436,10 @@ class Trainer:
         elif self.world.distributed:
             raise ValueError(f"{path}: written by one process, resumed with {self.world.size}; an exact resume "
                              f"needs the same number")
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        if self.scaler is not None and ck["scaler"] is not None:
+            self.scaler.load_state_dict(ck["scaler"])
         ckpt_lib.restore_rng(rng)
         return ck
 

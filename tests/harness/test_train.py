@@ -309,7 +309,8 @@ def test_torchrun_two_processes_on_cpu(ucla_h5, tmp_path):
 
 def test_torchrun_resume_after_sigterm_equals_uninterrupted(ucla_h5, tmp_path):
     """Two processes (gloo), HCN (dropout: every rank draws its own masks), stopped by SIGTERM to
-    torchrun once an epoch is checkpointed, then resumed with two processes: same numbers."""
+    torchrun once an epoch is checkpointed, refused a one-process resume, then resumed with two
+    processes: same numbers."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                 "-m", "harness", "train"]
@@ -330,6 +331,9 @@ def test_torchrun_resume_after_sigterm_equals_uninterrupted(ucla_h5, tmp_path):
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0 or json.loads((cut / "metrics.json").read_text())["finished"], out
+    single = run_cli(args(cut) + ["--resume"])  # one process cannot resume a two-process run exactly
+    single_out, _ = single.communicate(timeout=300)
+    assert single.returncode != 0 and "written by 2 processes, resumed with 1" in single_out, single_out
     res = subprocess.run(torchrun + args(cut) + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=900)
     assert res.returncode == 0, res.stdout + res.stderr
