@@ -191,10 +191,28 @@ class MatrixResult:
         return not self.failed
 
 
-def check_data(cells: Sequence[Cell], data_path: str | None = None) -> None:
+def configured_data_path(cell: Cell) -> Path:
+    """The dataset file that the cell's gin files and bindings name, parsed as its run will parse them.
+
+    A binding error fails here too, before any cell starts.
+    """
+    import gin
+    from harness.configurables import DataConfig, parse_gin
+    gin.clear_config()
+    try:
+        parse_gin(cell.gin_files, cell.gin_params)
+        return DataConfig().resolve_path()
+    finally:
+        gin.clear_config()
+
+
+def check_data(cells: Sequence[Cell]) -> None:
     """Fail within seconds, saying what to download and where, when a dataset file is missing."""
-    for benchmark in sorted({c.benchmark for c in cells}):
-        path = Path(data_path) if data_path else REPO / DATA_FILES[benchmark]
+    first = {}
+    for c in cells:
+        first.setdefault(c.benchmark, c)
+    for benchmark, cell in sorted(first.items()):
+        path = configured_data_path(cell)
         if not path.exists():
             raise FileNotFoundError(f"{path}: the {benchmark} dataset file is missing; {data_hint(benchmark)}")
 
@@ -380,11 +398,6 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     s.add_argument("--poll-s", type=float, default=30.0, help="seconds between state checks while waiting")
 
 
-def _data_path(gin_params: Sequence[str]) -> str | None:
-    return next((p.split("=", 1)[1].strip().strip("'\"") for p in gin_params
-                 if p.replace(" ", "").startswith("DataConfig.path=")), None)
-
-
 def run(args: argparse.Namespace) -> int:
     csre = {"both": (False, True), "on": (True,), "off": (False,)}[args.csre]
     every = expand(args.benchmark, encoders=args.encoders, streams=args.streams, csre=csre,
@@ -403,7 +416,7 @@ def run(args: argparse.Namespace) -> int:
         for c in cells:
             print(f"{cell_state(c, args.stale_after)} {c.name}  ->  {c.run_dir}")
         return 0
-    check_data(cells, _data_path(args.gin_param))
+    check_data(cells)
     out_dir = every[0].root / args.benchmark
     print(f"{label}: {len(cells)} cells under {every[0].root} (launcher {args.launcher})")
     if not cells:
