@@ -19,10 +19,10 @@ Mapping of paper cells to our cells (:data:`ROW_TARGETS`, :data:`COLUMN_TARGETS`
       encoders ``hcn``, ``agcn``, ``ctrgcn``, ``hyperformer``, ``blockgcn``, ``infogcn`` with
       ``csre = False``; ``<name> w/CSRE`` is the same encoder with ``csre = True`` and the default
       CSRE setting (``gin/csre.gin``, the official code). Table 1/2's ``InfoGCN`` row is the
-      InfoGCN paper's number, compared with our InfoGCN baseline (trained with plain
-      cross-entropy, see the README). Other methods (ST-GCN, Shift-GCN, TA-CNN, HD-GCN, DD-GCN,
-      SelfGCN, STC-Net, AGC-LSTM, DC-GCN+ADG, and Table 4's GAP / SkeletonGCL / FR Head add-ons)
-      are listed as not ours.
+      InfoGCN paper's number, compared with our InfoGCN baseline (trained with InfoGCN's objective
+      but on the CTR-GCN-preprocessed, not the aligned, NTU data; see the README). Other methods
+      (ST-GCN, Shift-GCN, TA-CNN, HD-GCN, DD-GCN, SelfGCN, STC-Net, AGC-LSTM, DC-GCN+ADG, and
+      Table 4's GAP / SkeletonGCL / FR Head add-ons) are listed as not ours.
     * Table 5: ``CTR-GCN (w/o contrast)`` = CTR-GCN baseline; ``w/SC``, ``w/TC``, ``w/GC``,
       ``w/CSRE + w/GC`` = CSRE with ``models.CSRE.variant`` ``sc``, ``tc``, ``gc``, ``csre+gc``.
       Table 6: row ``P/N`` = CTR-GCN w/CSRE with ``pos_strategy = P``, ``neg_strategy = N``
