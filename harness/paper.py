@@ -28,8 +28,9 @@ Mapping of paper cells to our cells (:data:`ROW_TARGETS`, :data:`COLUMN_TARGETS`
       Table 6: row ``P/N`` = CTR-GCN w/CSRE with ``pos_strategy = P``, ``neg_strategy = N``
       (``H/R+H`` is the default setting). A run's CSRE setting is read from its ``config.gin``
       (bindings of ``CSRE.<arg>``; missing bindings are the class defaults, which equal
-      ``gin/csre.gin``); a run with any other non-default setting (tau, weights, K, capacity,
-      ...) matches no paper row and is listed under ``unplaced_runs``.
+      ``gin/csre.gin``; a shortened profile's own bindings, e.g. ``quick``'s smaller K, are set
+      aside); a run with any other non-default setting (tau, weights, K, capacity, ...) matches no
+      paper row and is listed under ``unplaced_runs``.
     * Columns: ``<split>_J`` / ``_B`` = the single ``joint`` / ``bone`` run of benchmark
       ``ntu60_<split>`` (Table 1), ``ntu120_<split>`` (Table 2), ``ucla`` (Table 3, columns
       ``J``, ``B``, ...); ``_2S`` / ``_4S`` = the 2S (J+B) and 4S (J, B, JM, BM) ensembles.
@@ -91,6 +92,8 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from harness.io import Scores, load_scores, read_json, write_json, write_text
+
+REPO = Path(__file__).resolve().parents[1]  # (not from harness.configurables: keeps the checker free of torch)
 
 __all__ = ["COLUMN_TARGETS", "DEFAULT_SETTING", "NOT_REPORTED", "PAPER_JSON", "ROW_TARGETS", "ColumnTarget",
            "OddCell", "PaperCell", "PaperRow", "PaperTable", "PaperTables", "RowTarget", "Target", "Tolerance",
@@ -344,20 +347,50 @@ def head_label(head: str) -> str:
     return f"head={head}"
 
 
-def _head_of(run_dir: str | Path) -> str | None:
-    """The competitor head a run trained with (cell 'head' of its metrics.json), None for base / CSRE."""
+def _cell_field(run_dir: str | Path, key: str) -> Any:
+    """``cell[key]`` of a run's metrics.json, or None."""
     try:
-        head = json.loads((Path(run_dir) / "metrics.json").read_text()).get("cell", {}).get("head")
+        return json.loads((Path(run_dir) / "metrics.json").read_text()).get("cell", {}).get(key)
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def _head_of(run_dir: str | Path) -> str | None:
+    """The competitor head a run trained with (cell 'head' of its metrics.json), None for base / CSRE."""
+    head = _cell_field(run_dir, "head")
     return head if isinstance(head, str) and head != "csre" else None
+
+
+def _csre_bindings(lines: Iterable[str]) -> dict[str, Any]:
+    """The ``CSRE.<arg> = value`` bindings of gin text that identify a setting (the last one wins)."""
+    out: dict[str, Any] = {}
+    for line in lines:
+        m = _BINDING.match(line)
+        if not m or m.group(1) not in DEFAULT_SETTING:
+            continue
+        try:
+            out[m.group(1)] = ast.literal_eval(m.group(2))
+        except (ValueError, SyntaxError):
+            out[m.group(1)] = f"<unresolved {m.group(2)}>"  # a macro or a reference: never the default
+    return out
+
+
+def profile_bindings(profile: str | None) -> dict[str, Any]:
+    """The CSRE bindings of a shortened profile's own file (``gin/profiles/<profile>.gin``); {} for paper."""
+    if not profile or profile == "paper":
+        return {}
+    path = REPO / "gin" / "profiles" / f"{profile}.gin"
+    return _csre_bindings(path.read_text().splitlines()) if path.is_file() else {}
 
 
 def read_setting(run_dir: str | Path, csre: bool) -> tuple[str | None, str]:
     """``(setting label or None for a baseline, where it came from)`` of a run directory.
 
     Reads the ``CSRE.<arg> = value`` bindings of ``config.gin`` (the last binding of an argument
-    wins). Without ``config.gin`` the default setting is assumed, and the source says so.
+    wins). Without ``config.gin`` the default setting is assumed, and the source says so. The
+    bindings of a shortened profile's own file (``quick``: smaller K for the smaller bank) are the
+    profile's shortening, not another setting: a binding equal to its profile's is set aside (such
+    runs are labelled with their profile and never compared anyway).
     """
     head = _head_of(run_dir)
     if head is not None:  # a competitor head (Table 4): its own setting, never the baseline's
@@ -367,19 +400,14 @@ def read_setting(run_dir: str | Path, csre: bool) -> tuple[str | None, str]:
     path = Path(run_dir) / "config.gin"
     if not path.is_file():
         return DEFAULT_LABEL, "assumed default (no config.gin)"
-    overrides: dict[str, Any] = {}
-    for line in path.read_text().splitlines():
-        m = _BINDING.match(line)
-        if not m:
-            continue
-        key, text = m.group(1), m.group(2)
-        if key not in DEFAULT_SETTING:
-            continue
-        try:
-            overrides[key] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            overrides[key] = f"<unresolved {text}>"  # a macro or a reference: never the default
-    return setting_label(overrides), str(path)
+    overrides = _csre_bindings(path.read_text().splitlines())
+    profile = _cell_field(run_dir, "profile")
+    own = profile_bindings(profile if isinstance(profile, str) else None)
+    aside = sorted(k for k, v in overrides.items() if k in own and _norm(v) == _norm(own[k]))
+    for k in aside:
+        del overrides[k]
+    source = str(path) + (f" (the {profile} profile's {', '.join(aside)} set aside)" if aside else "")
+    return setting_label(overrides), source
 
 
 # =========================================================================== the mapping

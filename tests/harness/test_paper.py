@@ -282,6 +282,22 @@ def test_run_discovery_skips_and_duplicates(tmp_path):
         paper.check([tmp_path / "nothing"])
 
 
+def test_a_shortened_profiles_own_bindings_are_not_another_setting(tmp_path):
+    """A quick-profile CSRE run binds the profile's smaller K: that is its profile, not a CSRE setting;
+    a K of its own is still one."""
+    quick = paper.profile_bindings("quick")
+    assert quick["K_pos"] == 64 and quick["K_hard"] == 256 and paper.profile_bindings("paper") == {}
+    ks = "\n".join(f"models.CSRE.{k} = {v}" for k, v in sorted(quick.items()))
+    run = make_run(tmp_path, "ucla", "ctrgcn", "joint", True, 1, hits_with(10), profile="quick", config=ks)
+    label, source = paper.read_setting(run, True)
+    assert label == "default" and "quick profile's K_hard, K_pos, K_rand set aside" in source
+    own = make_run(tmp_path, "ucla", "ctrgcn", "joint", True, 2, hits_with(10), profile="quick",
+                   config=ks + "\nmodels.CSRE.K_pos = 32")
+    assert paper.read_setting(own, True)[0] == "K_pos=32"
+    same = make_run(tmp_path, "ucla", "ctrgcn", "joint", True, 3, hits_with(10), profile="paper", config=ks)
+    assert paper.read_setting(same, True)[0] == "K_hard=256, K_pos=64, K_rand=256"  # paper runs: a real setting
+
+
 def test_csre_settings_from_config_gin(tmp_path):
     assert paper.read_setting(tmp_path, False) == (None, "baseline")
     assert paper.read_setting(tmp_path, True)[0] == "default"
