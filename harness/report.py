@@ -74,7 +74,7 @@ class RunRecord:
     benchmark: str
     encoder: str
     stream: str
-    arm: str  #: ``csre`` / ``base``, with ``-<tag>`` for a variant
+    arm: str  #: ``csre`` / ``base`` (with ``-<tag>`` for a variant), or a competitor head's name
     csre: bool
     seed: int
     profile: str
@@ -127,8 +127,10 @@ def _load_record(path: Path, problems: list[str]) -> RunRecord:
     if not isinstance(test, dict) or not isinstance(test.get("top1"), (int, float)):
         raise ValueError("no evaluated epoch yet ('last' has no test metrics)")
     run_dir = path.parent
-    m = _ARM.match(run_dir.parent.name)
-    arm = run_dir.parent.name if m and (m.group(1) == "csre") == cell["csre"] else ("csre" if cell["csre"] else "base")
+    arm = cell.get("arm")  # the trainer writes it (competitor heads included)
+    if not isinstance(arm, str) or not arm:  # older cells: from the directory name
+        m = _ARM.match(run_dir.parent.name)
+        arm = run_dir.parent.name if m and (m.group(1) == "csre") == cell["csre"] else ("csre" if cell["csre"] else "base")
     info = None
     if (run_dir / "run.json").is_file():
         try:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +191,23 @@ def full_report(tmp_path_factory):
             make_run(root, arm, seed)
     path = rep.write_report(root, tsne_max=40)
     return root, path, path.read_text()
+
+
+def test_competitor_head_arms_are_their_own_groups(tmp_path):
+    """The arm comes from the cell the trainer writes, so a head's runs (arm 'skeletongcl') are not
+    mistaken for duplicates of the baseline."""
+    base = make_run(tmp_path, "base", 1)
+    head = base.parent.parent / "skeletongcl" / "seed1"
+    shutil.copytree(base, head)
+    doc = json.loads((head / "metrics.json").read_text())
+    doc["cell"].update(arm="skeletongcl", head="skeletongcl")
+    write_json(head / "metrics.json", doc)
+    doc = json.loads((base / "metrics.json").read_text())
+    doc["cell"].update(arm="base", head=None)
+    write_json(base / "metrics.json", doc)
+    problems: list[str] = []
+    runs = rep.collect_runs(tmp_path, problems)
+    assert sorted(r.arm for r in runs) == ["base", "skeletongcl"] and problems == []
 
 
 def test_collect_runs(full_report):
