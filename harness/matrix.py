@@ -48,9 +48,6 @@ BENCHMARKS = ("ntu60_xsub", "ntu60_xview", "ntu120_xsub", "ntu120_xset", "ucla")
 ENCODERS = ("hcn", "agcn", "ctrgcn", "hyperformer", "blockgcn", "infogcn")
 STREAMS = ("joint", "bone", "joint_motion", "bone_motion")
 PROFILES = ("paper", "quick", "ci")
-#: the dataset file each benchmark reads, and how to get it
-DATA_FILES = {"ntu60_xsub": "data/h5/ntu60.h5", "ntu60_xview": "data/h5/ntu60.h5",
-              "ntu120_xsub": "data/h5/ntu120.h5", "ntu120_xset": "data/h5/ntu120.h5", "ucla": "data/h5/ucla.h5"}
 #: official NW-UCLA recipes; the other families have none and use CTR-GCN's as a labelled stand-in
 UCLA_RECIPES = {"ctrgcn": "ctrgcn_ucla", "hyperformer": "hyperformer_ucla"}
 INTERRUPTED = 3  # = harness.train.INTERRUPTED: the trainer stopped by a signal after writing its checkpoint
@@ -174,8 +171,12 @@ def expand(benchmark: str, *, encoders: Iterable[str] = ENCODERS, streams: Itera
             raise ValueError(f"unknown head {h!r}; known competitor heads: {', '.join(x for x in HEADS if x != 'csre')}")
     root = Path(root) if root is not None else default_root(profile)
     arms = [(c, None) for c in csre] + [(False, h) for h in heads]
+    seeds = list(seeds)
+    for name, values in (("encoders", encoders), ("streams", streams), ("arms", arms), ("seeds", seeds)):
+        if not values:
+            raise ValueError(f"no {name} given: the {benchmark} matrix would have no cells")
     return [Cell(benchmark, e, s, c, int(k), profile, root, tuple(extra_gin), tuple(extra_params), tag, h)
-            for e, s, (c, h), k in itertools.product(encoders, streams, arms, list(seeds))]
+            for e, s, (c, h), k in itertools.product(encoders, streams, arms, seeds)]
 
 
 @dataclass

@@ -39,6 +39,13 @@ def test_gin_files_per_benchmark_and_encoder():
         assert (REPO / f).exists(), f
 
 
+@pytest.mark.parametrize("kw, what", [({"encoders": []}, "encoders"), ({"streams": []}, "streams"),
+                                      ({"seeds": []}, "seeds"), ({"csre": ()}, "arms")])
+def test_an_empty_matrix_is_an_error(tmp_path, kw, what):
+    with pytest.raises(ValueError, match=f"no {what} given"):
+        expand("ucla", root=tmp_path, **kw)
+
+
 def test_missing_dataset_fails_at_once_with_what_to_do(tmp_path):
     def cells(benchmark: str, path: Path, extra_gin: tuple = ()):
         return expand(benchmark, encoders=["ctrgcn"], streams=["joint"], root=tmp_path,
