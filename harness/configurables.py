@@ -178,24 +178,31 @@ def build_csre(encoder: Any, num_samples: int, labels: Any, **kwargs: Any):
 
 #: contrastive heads a run can train with (``TrainConfig.head``): name -> how to build it
 HEADS = ("csre", "skeletongcl", "frhead")
+#: what the trainer passes to every head at build time; a head takes the ones it needs
+HEAD_RUNTIME_ARGS = ("input_shape", "seed", "stream")
+
+
+def _accepted(cls: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The run-time ``kwargs`` that ``cls``'s constructor takes (``stream``: SkeletonGCL only)."""
+    params = inspect.signature(cls.__init__ if isinstance(cls, type) else cls).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return kwargs
+    return {k: v for k, v in kwargs.items() if k in params or k not in HEAD_RUNTIME_ARGS}
 
 
 def build_head(name: str, encoder: Any, num_samples: int, labels: Any, **kwargs: Any):
     """The contrastive head ``name`` around ``encoder``, with its gin bindings (kwargs override them).
 
-    Run-time arguments a head's constructor does not take (``input_shape`` for heads that read no
-    feature-map size) are dropped.
+    Run-time arguments (:data:`HEAD_RUNTIME_ARGS`) a head's constructor does not take are dropped.
     """
     if name == "csre":
-        return build_csre(encoder, num_samples, labels, **kwargs)
+        from models.csre import CSRE
+        return build_csre(encoder, num_samples, labels, **_accepted(CSRE, kwargs))
     cls = register_heads().get(name)
     if cls is None:
         raise ImportError(f"head {name!r} is not available ({_HEAD_IMPORT_ERRORS.get(name, 'unknown head')}); "
                           f"known: {', '.join(HEADS)}")
-    params = inspect.signature(cls.__init__ if isinstance(cls, type) else cls).parameters
-    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        kwargs = {k: v for k, v in kwargs.items() if k in params}
-    return cls(encoder, num_samples, labels, **kwargs)
+    return cls(encoder, num_samples, labels, **_accepted(cls, kwargs))
 
 
 # name -> gin-wrapped class of the competitor heads (models/heads/), registered like CSRE
@@ -216,8 +223,8 @@ def register_heads() -> dict[str, Any]:
             _HEAD_IMPORT_ERRORS[name] = f"{type(e).__name__}: {e}"
             continue
         with gin.unlock_config():
-            _HEAD_WRAPPERS[name] = gin.external_configurable(cls, name=cls_name, module="models",
-                                                             denylist=list(CSRE_RUNTIME_ARGS))
+            runtime = [a for a in (*CSRE_RUNTIME_ARGS, "stream") if a in inspect.signature(cls).parameters]
+            _HEAD_WRAPPERS[name] = gin.external_configurable(cls, name=cls_name, module="models", denylist=runtime)
         _HEAD_IMPORT_ERRORS.pop(name, None)
     return dict(_HEAD_WRAPPERS)
 

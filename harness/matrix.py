@@ -118,8 +118,6 @@ class Cell:
                   f"TrainConfig.csre = {self.csre}"]
         if self.head is not None:
             params.append(f"TrainConfig.head = '{self.head}'")
-        if self.head == "skeletongcl" and self.stream != "joint":  # official tau: 0.8 joint, 0.5 the others
-            params.append("models.SkeletonGCL.tau = 0.5")
         if self.tag:  # so the run's own cell (metrics.json) names the same arm as its folder
             params.append(f"TrainConfig.tag = '{self.tag}'")
         return params + list(self.extra_params)

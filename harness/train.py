@@ -255,7 +255,8 @@ class Trainer:
         self.model: torch.nn.Module = self.encoder
         if cfg.head_name is not None:
             self.model = build_head(cfg.head_name, self.encoder, len(self.train_set),
-                                    torch.as_tensor(self.train_set.labels), input_shape=sample_shape, seed=cfg.seed)
+                                    torch.as_tensor(self.train_set.labels), input_shape=sample_shape, seed=cfg.seed,
+                                    stream=self.stream)
         self.model.to(self.device)
         self.criterion = CrossEntropyLoss()
         self.optimizer = self.recipe.make_optimizer(self.model.parameters())

@@ -64,11 +64,16 @@ from models.csre import BankContrast, CSREOutput
 from models.ctrgcn import CTRGCN
 from models.encoder import Encoder
 
-__all__ = ["SkeletonGCL", "graph_source", "GRAPH_BLOCK"]
+__all__ = ["SkeletonGCL", "graph_source", "official_tau", "GRAPH_BLOCK"]
 
 #: the block whose topology is contrasted (the official: the last one)
 GRAPH_BLOCK = "l10"
 SUPPORTED = "CTR-GCN (models.ctrgcn.CTRGCN) and 2s-AGCN (models.agcn.AGCN)"
+
+
+def official_tau(stream: str) -> float:
+    """The official scripts' temperature (``script/*/single_modality/*.sh``): 0.8 joint, 0.5 the other streams."""
+    return 0.8 if stream == "joint" else 0.5
 
 
 def graph_source(encoder: Encoder) -> str:
@@ -97,7 +102,9 @@ class SkeletonGCL(BankContrast):
         input_shape: accepted for the trainer's uniform call (CSRE needs it); unused here, the
             graph size comes from the encoder's adjacency (3·V·V).
         dim: projection / bank dimension (256). K_pos, K_hard, K_rand: 128 / 512 / 512.
-        tau: temperature (0.8 joint; 0.5 bone, joint-motion, bone-motion in the official scripts).
+        tau: temperature; None (default) = the official scripts' value for ``stream``: 0.8 for the
+            joint stream, 0.5 for bone, joint-motion and bone-motion.
+        stream: the run's stream (``DataConfig.modality``; the trainer passes it), for ``tau=None``.
         weight: weight of the graph term (official 1).
         pos_strategy, neg_strategy: as :class:`~models.csre.BankContrast` (official "H" / "R+H").
         seed: seed of the random-negative generator (use the run seed).
@@ -107,12 +114,15 @@ class SkeletonGCL(BankContrast):
 
     def __init__(self, encoder: Encoder, num_samples: int, labels: Tensor | Sequence[int], *,
                  input_shape: Sequence[int] | None = None, dim: int = 256, K_pos: int = 128, K_hard: int = 512,
-                 K_rand: int = 512, tau: float = 0.8, weight: float = 1.0, pos_strategy: str = "H",
+                 K_rand: int = 512, tau: float | None = None, stream: str = "joint", weight: float = 1.0,
+                 pos_strategy: str = "H",
                  neg_strategy: str = "R+H", seed: int = 0, capacity: int | None = None,
                  small_classes: str = "error", train_projection: bool = False) -> None:
         source = graph_source(encoder)
         if input_shape is not None and len(tuple(input_shape)) != 4:
             raise ValueError(f"input_shape must be (C, T, V, M), got {tuple(input_shape)!r}")
+        if tau is None:
+            tau = official_tau(stream)
         # the bank machinery draws no random numbers, so ``trans`` below takes the same ones as the
         # official InfoNCEGraph built right after the model
         super().__init__(encoder, num_samples, labels, ("graph",), dim=dim, K_pos=K_pos, K_hard=K_hard,

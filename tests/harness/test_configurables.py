@@ -261,6 +261,11 @@ def test_hyperformer_typo_binding_names_close_matches():
         parse_gin(files, ["models.Hyperformer.foo = 1"])
 
 
+def test_the_stream_of_a_head_is_a_run_time_argument_not_a_binding():
+    with pytest.raises(GinConfigError, match="stream"):
+        parse_gin([gin_path("heads", "skeletongcl.gin")], ["models.SkeletonGCL.stream = 'bone'"])
+
+
 @pytest.mark.parametrize("encoder", registered_encoder_params())
 def test_every_encoder_rejects_an_unknown_binding(encoder):
     """Strict gin reaches the constructors: none of them swallows unknown keywords."""

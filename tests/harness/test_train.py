@@ -394,6 +394,17 @@ def test_gradient_clipping_bounds_every_step(ucla_h5, tmp_path, monkeypatch, pre
     assert calls == []  # the NW-UCLA stand-in recipe does not clip
 
 
+@pytest.mark.parametrize("stream, bound, tau", [("bone", None, 0.5), ("joint", None, 0.8), ("bone", 0.8, 0.8)])
+def test_skeletongcl_gets_the_official_temperature_of_its_stream(ucla_h5, tmp_path, stream, bound, tau):
+    """The trainer passes the stream: a plain `harness train` on bone gets 0.5 as the official scripts."""
+    from harness.configurables import parse_gin
+    extra = [f"DataConfig.modality = '{stream}'"] + ([f"models.SkeletonGCL.tau = {bound}"] if bound else [])
+    parse_gin(cell_files("ctrgcn") + ["gin/heads/skeletongcl.gin"],
+              cell_params(ucla_h5, "TrainConfig.head = 'skeletongcl'", "models.SkeletonGCL.K_pos = 2",
+                          "models.SkeletonGCL.K_hard = 8", "models.SkeletonGCL.K_rand = 8", *extra))
+    assert Trainer(run_dir=tmp_path / "r").model.tau == tau
+
+
 def test_fp16_max_steps_and_worker_processes(ucla_h5, tmp_path):
     """fp16 autocast with its GradScaler, the per-epoch step cap and DataLoader worker processes."""
     params = cell_params(ucla_h5, "Recipe.epochs = 1", "TrainConfig.precision = 'fp16'", "TrainConfig.max_steps = 2",

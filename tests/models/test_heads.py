@@ -101,6 +101,16 @@ def test_registry_and_interface_are_uniform() -> None:
         assert {"input_shape", "seed"} <= {p.name for p in params}  # what the trainer passes
 
 
+def test_skeletongcl_temperature_follows_the_stream_unless_given() -> None:
+    enc = make_encoder("ctrgcn")
+    labels = toy_labels(3)
+    kw = dict(K_pos=2, K_hard=4, K_rand=4)
+    assert SkeletonGCL(enc, 30, labels, **kw).tau == 0.8  # joint stream
+    for stream in ("bone", "joint_motion", "bone_motion"):
+        assert SkeletonGCL(enc, 30, labels, stream=stream, **kw).tau == 0.5
+    assert SkeletonGCL(enc, 30, labels, stream="bone", tau=0.7, **kw).tau == 0.7
+
+
 def test_skeletongcl_validates_like_csre() -> None:
     enc = make_encoder("ctrgcn")
     labels = toy_labels(3)
