@@ -81,6 +81,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import json
 import math
 import re
@@ -347,18 +348,13 @@ def head_label(head: str) -> str:
     return f"head={head}"
 
 
-def _cell_field(run_dir: str | Path, key: str) -> Any:
-    """``cell[key]`` of a run's metrics.json, or None."""
+def _read_cell(run_dir: str | Path) -> Mapping[str, Any]:
+    """The ``cell`` of a run's metrics.json ({} when unreadable)."""
     try:
-        return json.loads((Path(run_dir) / "metrics.json").read_text()).get("cell", {}).get(key)
+        cell = json.loads((Path(run_dir) / "metrics.json").read_text()).get("cell")
     except (OSError, ValueError, AttributeError):
-        return None
-
-
-def _head_of(run_dir: str | Path) -> str | None:
-    """The competitor head a run trained with (cell 'head' of its metrics.json), None for base / CSRE."""
-    head = _cell_field(run_dir, "head")
-    return head if isinstance(head, str) and head != "csre" else None
+        return {}
+    return cell if isinstance(cell, Mapping) else {}
 
 
 def _csre_bindings(lines: Iterable[str]) -> dict[str, Any]:
@@ -377,23 +373,30 @@ def _csre_bindings(lines: Iterable[str]) -> dict[str, Any]:
 
 def profile_bindings(profile: str | None) -> dict[str, Any]:
     """The CSRE bindings of a shortened profile's own file (``gin/profiles/<profile>.gin``); {} for paper."""
+    return dict(_profile_bindings(profile))
+
+
+@functools.lru_cache(maxsize=None)
+def _profile_bindings(profile: str | None) -> tuple[tuple[str, Any], ...]:  # read once per profile
     if not profile or profile == "paper":
-        return {}
+        return ()
     path = REPO / "gin" / "profiles" / f"{profile}.gin"
-    return _csre_bindings(path.read_text().splitlines()) if path.is_file() else {}
+    return tuple(_csre_bindings(path.read_text().splitlines()).items()) if path.is_file() else ()
 
 
-def read_setting(run_dir: str | Path, csre: bool) -> tuple[str | None, str]:
+def read_setting(run_dir: str | Path, csre: bool, cell: Mapping[str, Any] | None = None) -> tuple[str | None, str]:
     """``(setting label or None for a baseline, where it came from)`` of a run directory.
 
     Reads the ``CSRE.<arg> = value`` bindings of ``config.gin`` (the last binding of an argument
     wins). Without ``config.gin`` the default setting is assumed, and the source says so. The
     bindings of a shortened profile's own file (``quick``: smaller K for the smaller bank) are the
     profile's shortening, not another setting: a binding equal to its profile's is set aside (such
-    runs are labelled with their profile and never compared anyway).
+    runs are labelled with their profile and never compared anyway). ``cell``: the run's
+    metrics.json cell, if already read (else it is read here).
     """
-    head = _head_of(run_dir)
-    if head is not None:  # a competitor head (Table 4): its own setting, never the baseline's
+    cell = _read_cell(run_dir) if cell is None else cell
+    head = cell.get("head")
+    if isinstance(head, str) and head != "csre":  # a competitor head (Table 4): its own setting, never the baseline's
         return head_label(head), "metrics.json cell"
     if not csre:
         return None, "baseline"
@@ -401,7 +404,7 @@ def read_setting(run_dir: str | Path, csre: bool) -> tuple[str | None, str]:
     if not path.is_file():
         return DEFAULT_LABEL, "assumed default (no config.gin)"
     overrides = _csre_bindings(path.read_text().splitlines())
-    profile = _cell_field(run_dir, "profile")
+    profile = cell.get("profile")
     own = profile_bindings(profile if isinstance(profile, str) else None)
     aside = sorted(k for k, v in overrides.items() if k in own and _norm(v) == _norm(own[k]))
     for k in aside:
@@ -754,7 +757,7 @@ def _load_run(run_dir: Path) -> tuple[RunInfo | None, str | None]:
     last = doc.get("last")
     if not isinstance(last, dict) or not isinstance(last.get("test"), dict) or "top1" not in last["test"]:
         return None, "metrics.json has no last.test.top1"
-    setting, source = read_setting(run_dir, cell["csre"])
+    setting, source = read_setting(run_dir, cell["csre"], doc.get("cell"))
     cost = doc.get("cost") if isinstance(doc.get("cost"), dict) else {}
     return RunInfo(run_dir, cell, setting, source, last["test"], cost), None
 
