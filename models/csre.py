@@ -396,8 +396,10 @@ def fixed_draws(pos: Tensor | None = None, neg: Tensor | None = None) -> DrawFn:
         rows = table[kind]
         if rows is None:
             raise ValueError(f"no recorded {kind} draws were given")
-        if rows.dim() != 2 or rows.shape[1] != k:
-            raise ValueError(f"recorded {kind} draws have shape {tuple(rows.shape)}, expected (n, {k})")
+        expected = (space.count.shape[0], k)
+        if tuple(rows.shape) != expected:
+            raise ValueError(f"recorded {kind} draws have shape {tuple(rows.shape)}, expected {expected} "
+                             "(one row per anchor; rows of skipped anchors are ignored)")
         return rows.long().clamp_min(0)
 
     return draw
@@ -843,7 +845,7 @@ class BankContrast(nn.Module):
                                K_pos=self.K_pos, K_hard=self.K_hard, K_rand=self.K_rand, tau=self.tau,
                                pos_strategy=self.pos_strategy, neg_strategy=self.neg_strategy,
                                available=self._available(labels), candidates=self._candidates(labels),
-                               draw=self._drawer(b, n, z.device, n * world, n * rank))
+                               draw=self._drawer(b, z.device, n * world, n * rank))
             if world > 1:
                 count = res.row_count.detach().clone()
                 dist.all_reduce(count)
@@ -882,16 +884,13 @@ class BankContrast(nn.Module):
             raise ValueError(f"branch {branch!r} is not contrasted by this head (branches: {self.branches})")
         self._injected[branch] = {k: v for k, v in (("pos", pos), ("neg", neg)) if v is not None}
 
-    def _drawer(self, branch: str, n: int, device: torch.device, total_rows: int, row_offset: int) -> DrawFn:
+    def _drawer(self, branch: str, device: torch.device, total_rows: int, row_offset: int) -> DrawFn:
         injected = self._injected.get(branch, {})
+        recorded = fixed_draws(**injected)
 
         def draw(kind: str, k: int, space: SampleSpace) -> Tensor:
             if kind in injected:
-                rows = injected[kind]
-                if rows.shape != (n, k):
-                    raise ValueError(f"injected {kind} draws have shape {tuple(rows.shape)}, expected {(n, k)} "
-                                     "(one row per anchor; rows of skipped anchors are ignored)")
-                return rows.long().clamp_min(0)
+                return recorded(kind, k, space)
             return draw_ranks(space, k, self.generator(device), total_rows=total_rows, row_offset=row_offset)
 
         return draw

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from models import registry
 import models.csre as csre_module
-from models.csre import (CSRE, STFD, VARIANTS, MemoryBank, SampleSpace, complement_space, csre_infonce, draw_ranks,
+from models.csre import (CSRE, STFD, BankContrast, VARIANTS, MemoryBank, SampleSpace, complement_space, csre_infonce, draw_ranks,
                          draw_widths, fifo_share, fixed_draws, mask_space, random_ranks, random_rows)
 from models.hcn import HCN
 from models.encoder import Encoder, mean_pool
@@ -682,6 +682,38 @@ def test_wrapper_draws_distinct_allowed_rows_uniformly(monkeypatch: pytest.Monke
         other(x, y, idx if capacity is None else None)
         rows = [r for c in calls for *_, r in c["recorded"]]
         assert all(torch.equal(a, b) for a, b in zip(first, rows)) == same
+
+
+def test_recorded_draws_are_checked() -> None:
+    """Recorded or injected draws need one row of k bank rows per anchor; only recorded kinds are used."""
+    f, z, bank, bank_labels, filled, labels = random_case(0)  # 8 anchors
+    kw = dict(K_pos=2, K_hard=3, K_rand=3, neg_strategy="R")
+    with pytest.raises(ValueError, match=r"recorded neg draws have shape \(8, 4\), expected \(8, 3\)"):
+        csre_infonce(z, bank, bank_labels, filled, labels, draw=fixed_draws(neg=torch.zeros(8, 4)), **kw)
+    with pytest.raises(ValueError, match="no recorded pos draws"):
+        csre_infonce(z, bank, bank_labels, filled, labels, draw=fixed_draws(neg=torch.zeros(8, 3)),
+                     **{**kw, "pos_strategy": "R"})
+    model = tiny_csre().train()
+    prefill(model)
+    x, y, idx = toy_batch()  # 6 anchors
+    model.inject_draws("s", neg=torch.zeros(5, model.K_rand))
+    with pytest.raises(ValueError, match=r"recorded neg draws have shape \(5, 5\), expected \(6, 5\)"):
+        model(x, y, idx)
+    with pytest.raises(ValueError, match="branch 'g' is not contrasted by this head"):
+        model.inject_draws("g", neg=torch.zeros(6, 5))
+
+
+def test_bank_contrast_validates_its_branches_and_labels() -> None:
+    enc = TinyEncoder()
+    labels = toy_labels(60, 4)
+    with pytest.raises(ValueError, match="branches must be distinct names"):
+        BankContrast(enc, 60, labels, ("s", "s"), K_pos=2, K_hard=4, K_rand=4)
+    with pytest.raises(ValueError, match="branches must be distinct names"):
+        BankContrast(enc, 60, labels, (), K_pos=2, K_hard=4, K_rand=4)
+    with pytest.raises(ValueError, match="labels must be non-negative"):
+        BankContrast(enc, 60, labels - 1, ("graph",), K_pos=2, K_hard=4, K_rand=4)
+    head = BankContrast(enc, 60, labels, ("graph",), K_pos=2, K_hard=4, K_rand=4)
+    assert list(head.banks) == ["graph"] and head.branches == ("graph",)
 
 
 def test_gate_edge_cases() -> None:
