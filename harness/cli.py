@@ -119,7 +119,8 @@ def _configure_train(p: argparse.ArgumentParser) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from harness.train import INTERRUPTED, NonFiniteLoss, train
+    from harness.constants import INTERRUPTED
+    from harness.train import NonFiniteLoss, train
     try:
         metrics = train(args.gin_file, args.gin_param, run_dir=args.run_dir, resume=args.resume)
     except NonFiniteLoss as e:

@@ -44,6 +44,7 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from harness.constants import ENSEMBLES, STREAMS
 from harness.io import Scores, load_scores, read_json, write_json
 from harness.metrics import topk_accuracy
 
@@ -51,8 +52,6 @@ __all__ = ["ENSEMBLES", "GROUP_KEYS", "STREAMS", "Run", "Published", "Tuned", "a
            "configure_parser", "ensemble_report", "evaluate_group", "format_markdown", "group_runs",
            "load_run", "published_weights", "run", "tune_weights"]
 
-STREAMS = ("joint", "bone", "joint_motion", "bone_motion")
-ENSEMBLES: dict[str, tuple[str, ...]] = {"2S": ("joint", "bone"), "4S": STREAMS}
 GROUP_KEYS = ("benchmark", "encoder", "csre", "arm", "seed", "profile")
 _SHORT = {"joint": "J", "bone": "B", "joint_motion": "JM", "bone_motion": "BM"}
 

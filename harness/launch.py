@@ -55,13 +55,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from harness.constants import INTERRUPTED
 from harness.matrix import REPO, Cell, MatrixResult
 from harness.signals import SignalCatcher
 
 __all__ = ["CLAIM", "Claim", "CellJob", "SlurmOptions", "cell_state", "executor_parameters", "parse_shard",
            "pid_alive", "run_slurm", "shard_cells", "start_child"]
 
-INTERRUPTED = 3  # = harness.train.INTERRUPTED (not imported: the launcher never imports torch)
 CLAIM = "claim.lock"
 CLAIM_LOG = "claims.log"
 SLURM_RECORD = "slurm_job.json"

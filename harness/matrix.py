@@ -40,17 +40,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from harness.constants import INTERRUPTED, PROFILES, STREAMS
+
 REPO = Path(__file__).resolve().parents[1]  # (not from harness.configurables: keeps `--help` free of torch)
 
 __all__ = ["BENCHMARKS", "Cell", "MatrixResult", "cell_gin_files", "expand", "run_matrix"]
 
 BENCHMARKS = ("ntu60_xsub", "ntu60_xview", "ntu120_xsub", "ntu120_xset", "ucla")
 ENCODERS = ("hcn", "agcn", "ctrgcn", "hyperformer", "blockgcn", "infogcn")
-STREAMS = ("joint", "bone", "joint_motion", "bone_motion")
-PROFILES = ("paper", "quick", "ci")
 #: official NW-UCLA recipes; the other families have none and use CTR-GCN's as a labelled stand-in
 UCLA_RECIPES = {"ctrgcn": "ctrgcn_ucla", "hyperformer": "hyperformer_ucla"}
-INTERRUPTED = 3  # = harness.train.INTERRUPTED: the trainer stopped by a signal after writing its checkpoint
 
 
 def data_hint(benchmark: str) -> str:

@@ -92,6 +92,7 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
+from harness.constants import ENSEMBLES
 from harness.io import Scores, load_scores, read_json, write_json, write_text
 
 REPO = Path(__file__).resolve().parents[1]  # (not from harness.configurables: keeps the checker free of torch)
@@ -105,8 +106,6 @@ __all__ = ["COLUMN_TARGETS", "DEFAULT_SETTING", "NOT_REPORTED", "PAPER_JSON", "R
 PAPER_JSON = Path(__file__).with_name("paper_tables.json")
 NOT_REPORTED = "-"
 PROFILE_COMPARED = "paper"
-STREAMS = ("joint", "bone", "joint_motion", "bone_motion")
-ENSEMBLE_STREAMS = {"2S": ("joint", "bone"), "4S": STREAMS}
 WEIGHT_SETS = ("published", "val", "test_tuned")
 WEIGHT_SET_LABELS = {"published": "published weights", "val": "val-tuned", "test_tuned": "test-tuned (optimistic)"}
 BOOTSTRAP_RESAMPLES = 2000
@@ -559,7 +558,7 @@ def target_of(table: str, row: str, column: str) -> Target | str:
         return f"unmapped column {column!r}"
     c = cols[column]
     note = _NOTES.get(table, "")
-    if c.what in ENSEMBLE_STREAMS:
+    if c.what in ENSEMBLES:
         if r.encoder in TWO_STREAM_MODELS and c.what == "2S":
             return Target(c.benchmark, r.encoder, r.csre, r.setting, "run", "joint", c.metric,
                           TWO_STREAM_MODELS[r.encoder])
@@ -831,7 +830,7 @@ class _Ensembles:
             cell = _check_cell({**g, "stream": "joint"}, Path(source))
             setting, setting_source = self._setting(g, cell["csre"])
             for name, e in g["ensembles"].items():
-                if name not in ENSEMBLE_STREAMS or not isinstance(e, Mapping) or not e.get("available"):
+                if name not in ENSEMBLES or not isinstance(e, Mapping) or not e.get("available"):
                     continue  # an unavailable ensemble (missing streams) is no data
                 values: dict[str, float | None] = {}
                 weights: dict[str, Any] = {}
@@ -912,7 +911,7 @@ class _Checker:
             return None if r is None else (*_correct(r), str(r.run_dir))
         from harness.ensemble import align_scores, combine, published_weights
         members = []
-        for s in ENSEMBLE_STREAMS[t.stream]:
+        for s in ENSEMBLES[t.stream]:
             r = self.runs.get((t.benchmark, t.encoder, s, t.csre, t.setting)).get(profile, {}).get(seed)
             if r is None:
                 return None
@@ -971,7 +970,7 @@ class _Checker:
 
     def _ensemble_seeds(self, t: Target) -> dict[str, list[int]]:
         """Seeds per profile for which every member stream of ``t``'s ensemble has a run."""
-        per_stream = [self.runs.get((t.benchmark, t.encoder, s, t.csre, t.setting)) for s in ENSEMBLE_STREAMS[t.stream]]
+        per_stream = [self.runs.get((t.benchmark, t.encoder, s, t.csre, t.setting)) for s in ENSEMBLES[t.stream]]
         profiles = set.intersection(*(set(p) for p in per_stream))
         return {p: sorted(set.intersection(*(set(ps[p]) for ps in per_stream))) for p in profiles}
 
@@ -994,7 +993,7 @@ class _Checker:
     def entries(self, cell: PaperCell, t: Target) -> list[dict]:
         self.referenced.add(t.key)
         if t.source == "ensemble":
-            for s in ENSEMBLE_STREAMS[t.stream]:
+            for s in ENSEMBLES[t.stream]:
                 self.referenced.add((t.benchmark, t.encoder, s, t.csre, t.setting))
         if t.csre and (cell.value is None or t.metric == "top1"):
             self.referenced.add(t.base.key)

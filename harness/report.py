@@ -45,6 +45,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from harness.constants import STREAMS
 from harness.io import atomic_path, load_scores, read_json, write_text
 
 __all__ = ["PAPER_NOTE", "RunRecord", "class_names", "collect_runs", "configure_parser", "level_counts",
@@ -53,7 +54,6 @@ __all__ = ["PAPER_NOTE", "RunRecord", "class_names", "collect_runs", "configure_
 
 REPO = Path(__file__).resolve().parents[1]
 META_DIR = REPO / "data" / "meta"
-STREAM_ORDER = ("joint", "bone", "joint_motion", "bone_motion")
 HARD, EASY = 80.0, 90.0  # Table 7 thresholds, percent: hard < 80 <= medium < 90 <= easy
 TSNE_SEED = 0
 PAPER_NOTE = ("Only numbers of the `paper` profile are comparable with the paper's tables; `quick` and "
@@ -176,7 +176,7 @@ def collect_runs(root: str | Path, problems: list[str] | None = None) -> list[Ru
 
 def _group_sort(key: GroupKey) -> tuple:
     benchmark, encoder, stream, arm, profile = key
-    s = STREAM_ORDER.index(stream) if stream in STREAM_ORDER else len(STREAM_ORDER)
+    s = STREAMS.index(stream) if stream in STREAMS else len(STREAMS)
     return (profile != "paper", profile, benchmark, encoder, s, stream, not arm.startswith("base"), arm)
 
 

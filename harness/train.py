@@ -61,6 +61,7 @@ import torch
 import torch.nn.functional as F
 
 from harness import checkpoint as ckpt_lib
+from harness.constants import PROFILES
 from harness.batches import EpochBatches, epoch_generator, per_class_subset, stratified_holdout
 from harness.configurables import REPO, CrossEntropyLoss, DataConfig, Recipe, build_encoder, build_head, parse_gin
 from harness.distributed import World, all_reduce_sum, barrier, setup, teardown
@@ -70,9 +71,6 @@ from harness.signals import SignalCatcher
 
 __all__ = ["NonFiniteLoss", "TrainConfig", "Trainer", "train"]
 
-PROFILES = ("paper", "quick", "ci")
-STREAMS = ("joint", "bone", "joint_motion", "bone_motion")
-INTERRUPTED = 3  # exit code of a run stopped by SIGTERM/SIGINT after writing its checkpoint
 
 
 #: running sums of an epoch (the checkpoint's ``accum``): loss terms times samples, correct, samples
