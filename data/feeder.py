@@ -273,6 +273,7 @@ class SkeletonFeeder(Dataset):
         self.path = Path(path)
         index = h5.read_index(self.path)
         self.layout = self._check_layout(index)
+        self.num_person = int(index.shape[4])  # M of the file (checked against the layout)
         self.dataset = str(index.attrs.get("dataset", ""))
         self.split, self.part, self.modality = split, part, modality
         self.train = (part == "train") if train is None else bool(train)

@@ -359,7 +359,7 @@ class DataConfig:
     crop ratios of the two parts. NTU-only options set for a 20-joint (NW-UCLA) config are an
     error: that means an NTU recipe was combined with the NW-UCLA dataset file. ``origin_joint``:
     subtract that joint (1-based) of person 0 from every joint in every frame (HCN-pytorch's
-    ``origin_transfer``, joint 2), or None.
+    ``origin_transfer``, joint 2), or None (checked against the file's layout by the feeder).
     """
 
     path: str = gin.REQUIRED
@@ -382,9 +382,6 @@ class DataConfig:
         object.__setattr__(self, "test_p_interval", _floats(self.test_p_interval))
         if self.num_class < 1 or self.num_point < 1 or self.num_person < 1 or self.repeat < 1:
             raise ValueError(f"DataConfig: num_class, num_point, num_person and repeat must be >= 1 ({self})")
-        if self.origin_joint is not None and not 1 <= self.origin_joint <= self.num_point:
-            raise ValueError(f"DataConfig.origin_joint must be a joint number in 1..{self.num_point}, "
-                             f"got {self.origin_joint}")
         if self.window is not None and self.window < 1:
             raise ValueError(f"DataConfig.window must be >= 1, got {self.window}")
         for name in ("train_p_interval", "test_p_interval"):
@@ -433,6 +430,8 @@ class DataConfig:
         feeder = SkeletonFeeder(path, **kwargs)
         if feeder.layout.num_joints != self.num_point:
             raise ValueError(f"{path}: {feeder.layout.num_joints} joints, but num_point={self.num_point}")
+        if feeder.num_person != self.num_person:
+            raise ValueError(f"{path}: {feeder.num_person} persons per sample, but num_person={self.num_person}")
         if len(feeder.labels) and int(feeder.labels.max()) >= self.num_class:
             raise ValueError(f"{path}: label {int(feeder.labels.max())} >= num_class={self.num_class}")
         return feeder

@@ -365,7 +365,7 @@ class Trainer:
                 if self.world.distributed:
                     sums = all_reduce_sum(self.world, sums, self.device)
                 for key, v in zip(ACCUMULATED, sums[:6].tolist()):
-                    accum[key] = accum.get(key, 0.0) + v
+                    accum[key] += v
                 step += 1
                 if bar is not None:
                     bar.update(1)
@@ -511,7 +511,7 @@ class Trainer:
         count = max(accum["count"], 1)
         record: dict[str, Any] = {"epoch": epoch, "lr": lr, "train": {
             "loss": accum["loss"] / count, "ce": accum["ce"] / count, "contrastive": accum["contrastive"] / count,
-            "regulariser": accum.get("regulariser", 0.0) / count,
+            "regulariser": accum["regulariser"] / count,
             "top1": 100 * accum["correct"] / count, "samples": accum["count"]}}
         for part, (logits, labels) in preds.items():
             record[part] = classification_metrics(logits, labels, self.data.num_class)
@@ -544,8 +544,9 @@ class Trainer:
             names = np.asarray(feeders[part].sample_names).astype(str)
             save_scores(self.run_dir / f"scores_{part}.npz", Scores(logits, labels, names, epoch),
                         official_pickle=self.run_dir / f"scores_{part}.pkl" if part == "test" else None)
-            b = best[part]
-            save_scores(self.run_dir / f"scores_{part}_best.npz", Scores(b["logits"], b["labels"], names, b["epoch"]))
+            b, path = best[part], self.run_dir / f"scores_{part}_best.npz"
+            if b["epoch"] == epoch or not path.exists():  # unchanged since the best epoch wrote it
+                save_scores(path, Scores(b["logits"], b["labels"], names, b["epoch"]))
 
     def _final_metrics(self, state: dict) -> dict[str, Any]:
         history, cost = state["history"], state["cost"]

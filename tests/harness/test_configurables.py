@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import gin
@@ -205,6 +206,18 @@ def test_gradient_clipping_is_hcns_and_scales_with_the_batch(files, params, boun
 def test_gradient_clipping_bound_must_be_positive():
     with pytest.raises(ValueError, match="clip_norm_per_sample"):
         Recipe(clip_norm_per_sample=0.0)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_point", 25, "20 joints, but num_point=25"),
+    ("num_person", 2, "1 persons per sample, but num_person=2"),
+    ("num_class", 5, "label 9 >= num_class=5"),
+])
+def test_feeder_checks_the_file_against_the_config(ucla_h5, field, value, message):
+    d = DataConfig(path=str(ucla_h5), split="xview", num_class=10, num_point=20, num_person=1)
+    d.feeder("test")  # consistent
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(d, **{field: value}).feeder("test")
 
 
 def test_ntu_recipe_with_ucla_dataset_is_an_error_naming_the_fix():

@@ -101,6 +101,9 @@ def test_two_epoch_run_writes_the_run_directory(ucla_h5, tmp_path, encoder, csre
     # scores: last epoch's test logits, consistent with the headline, and the official pickle
     s = load_scores(run_dir / "scores_test.npz")
     assert s.epoch == 1 and s.logits.shape == (20, 10)
+    best = load_scores(run_dir / "scores_test_best.npz")  # the best-on-test epoch's logits
+    assert best.epoch == m["best_on_test"]["epoch"]
+    assert 100 * float((best.logits.argmax(1) == best.labels).mean()) == pytest.approx(m["best_on_test"]["test"]["top1"])
     assert 100 * float((s.logits.argmax(1) == s.labels).mean()) == pytest.approx(last["test"]["top1"])
     with np.load(run_dir / "features_test.npz") as f:  # pooled test features (t-SNE), same sample order
         assert f["features"].shape[0] == 20 and np.array_equal(f["names"], s.names)
