@@ -56,10 +56,9 @@ def barrier(world: World) -> None:
         dist.barrier()
 
 
-def all_reduce_sum(world: World, values: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Element-wise sum of the CPU tensor ``values`` over all ranks (returned on the CPU)."""
-    if not world.distributed:
-        return values
-    t = values.to(device, torch.float64)
-    dist.all_reduce(t)
-    return t.cpu()
+def all_reduce_sum(world: World, values: torch.Tensor) -> torch.Tensor:
+    """Element-wise sum of ``values`` over all ranks, in float64, on the device ``values`` is on."""
+    t = values.to(torch.float64)
+    if world.distributed:
+        dist.all_reduce(t)
+    return t

@@ -339,12 +339,7 @@ class Trainer:
                 reg = zero if reg is None else reg.float()
                 loss = ce + contrastive + reg
                 values = torch.stack([loss.detach(), ce.detach(), contrastive.detach(), reg.detach(),
-                                      (logits.argmax(1) == y).sum().float()]).cpu()
-                if not torch.isfinite(values[:4]).all():
-                    raise NonFiniteLoss(
-                        f"{self.run_dir}: non-finite loss at epoch {epoch + 1}, batch {step + 1} (loss {values[0]:.4g}, "
-                        f"CE {values[1]:.4g}, CSRE {values[2]:.4g}, regulariser {values[3]:.4g}); stopped. The last "
-                        f"good checkpoint is kept: lower Recipe.base_lr, try precision='fp32', or check the data for NaN")
+                                      (logits.argmax(1) == y).sum().float()])  # on the device: no sync yet
                 if self.scaler is not None:
                     self.scaler.scale(loss).backward()
                     if recipe.max_grad_norm is not None:
@@ -358,12 +353,17 @@ class Trainer:
                         torch.nn.utils.clip_grad_norm_(self.model.parameters(), recipe.max_grad_norm)
                     self.optimizer.step()
                 n = float(y.numel())
-                # [loss·n, CE·n, CSRE·n, regulariser·n, correct, n, stop]: summed over ranks under DDP,
-                # so every rank keeps the global running sums (and all stop at the same batch on a signal)
-                sums = torch.stack([*(values[:4] * n), values[4],
-                                    torch.tensor(n), torch.tensor(float(interrupt.signum is not None))])
-                if self.world.distributed:
-                    sums = all_reduce_sum(self.world, sums, self.device)
+                # [loss·n, CE·n, CSRE·n, regulariser·n, correct, n, stop], summed over ranks under DDP on
+                # the device, then the step's one host sync: every rank keeps the global running sums,
+                # and all of them stop at the same batch on a signal or a non-finite loss
+                sums = torch.cat([values[:4] * n, values[4:], values.new_tensor([n, float(interrupt.signum is not None)])])
+                sums = all_reduce_sum(self.world, sums).cpu()
+                if not torch.isfinite(sums[:4]).all():  # the model is not saved after this step
+                    v = (sums[:4] / sums[5]).tolist()
+                    raise NonFiniteLoss(
+                        f"{self.run_dir}: non-finite loss at epoch {epoch + 1}, batch {step + 1} (loss {v[0]:.4g}, "
+                        f"CE {v[1]:.4g}, CSRE {v[2]:.4g}, regulariser {v[3]:.4g}); stopped. The last good "
+                        f"checkpoint is kept: lower Recipe.base_lr, try precision='fp32', or check the data for NaN")
                 for key, v in zip(ACCUMULATED, sums[:6].tolist()):
                     accum[key] += v
                 step += 1
