@@ -73,7 +73,6 @@ from models.graph import layout_for  # noqa: E402
 SHAPES: dict[str, Benchmark] = {"ntu": BENCHMARKS[0], "ucla": BENCHMARKS[1]}
 MODES = ("fp32", "bf16", "compile")
 DEFAULT_ENCODERS = ("hcn", "agcn", "ctrgcn", "hyperformer", "blockgcn", "infogcn")
-WITH_JOINTS = {"blockgcn"}  # fallback for encoders without the ``wants_joints`` attribute the trainer reads
 COMPILE_RTOL = 1e-3
 
 
@@ -185,7 +184,7 @@ def bench_encoder(encoder: str, bench: Benchmark, batches: list[int], modes: lis
     torch.manual_seed(0)
     model = build_from_gin(encoder, [bench.gin_file]).to(device)
     # what harness.train feeds: the raw joints too when the encoder says it wants them
-    joints = bool(getattr(model, "wants_joints", encoder in WITH_JOINTS))
+    joints = bool(getattr(model, "wants_joints", False))  # as the trainer reads it
     res: dict = {"params": sum(p.numel() for p in model.parameters()), "with_joints": joints, "batches": {}}
     for batch in batches:
         x, y = make_input(bench, batch, device, joints)

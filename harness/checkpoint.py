@@ -20,7 +20,6 @@ previous checkpoint or the new one, never a torn file.
 
 from __future__ import annotations
 
-import io
 import os
 import random
 from collections import OrderedDict
@@ -58,10 +57,8 @@ def restore_rng(state: Mapping[str, Any]) -> None:
 
 def save(path: str | os.PathLike, checkpoint: Mapping[str, Any]) -> None:
     """``torch.save`` ``checkpoint`` to ``path`` atomically (temporary file, fsync, rename)."""
-    buf = io.BytesIO()
-    torch.save({"format": FORMAT, **checkpoint}, buf)
     with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getbuffer())
+        torch.save({"format": FORMAT, **checkpoint}, tmp)
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

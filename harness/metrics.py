@@ -20,11 +20,11 @@ Conventions (shared by every function here):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
-__all__ = ["classification_metrics", "confusion_matrix", "difficulty_levels", "per_class_accuracy",
+__all__ = ["classification_metrics", "confusion_matrix", "difficulty_levels", "mean_std", "per_class_accuracy",
            "topk_accuracy"]
 
 
@@ -159,3 +159,11 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, num_class: in
         "per_class": [None if np.isnan(a) else 100.0 * float(a) for a in per_class],
         "levels": difficulty_levels(per_class),
     }
+
+
+def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None, int]:
+    """(mean, sample std with ddof 1 or None when n < 2, n) of the non-None values (over seeds)."""
+    v = np.array([float(x) for x in values if x is not None], dtype=np.float64)
+    if v.size == 0:
+        return None, None, 0
+    return float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else None), int(v.size)

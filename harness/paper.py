@@ -94,6 +94,7 @@ import numpy as np
 
 from harness.constants import ENSEMBLES
 from harness.io import Scores, load_scores, read_json, write_json, write_text
+from harness.metrics import mean_std
 
 REPO = Path(__file__).resolve().parents[1]  # (not from harness.configurables: keeps the checker free of torch)
 
@@ -877,12 +878,11 @@ class _Ensembles:
 # =========================================================================== the check
 
 def _stats(values: Mapping[int, float | None]) -> dict | None:
-    vals = {s: v for s, v in sorted(values.items()) if v is not None}
+    vals = {s: float(v) for s, v in sorted(values.items()) if v is not None}
     if not vals:
         return None
-    x = np.array(list(vals.values()), dtype=np.float64)
-    return {"mean": float(x.mean()), "std": float(x.std(ddof=1)) if x.size > 1 else None, "n": int(x.size),
-            "seeds": list(vals), "values": [float(v) for v in x]}
+    mean, std, n = mean_std(vals.values())
+    return {"mean": mean, "std": std, "n": n, "seeds": list(vals), "values": list(vals.values())}
 
 
 def _profiles(groups: Mapping[str, Any]) -> list[str]:

@@ -47,6 +47,7 @@ import numpy as np
 
 from harness.constants import STREAMS
 from harness.io import atomic_path, load_scores, read_json, write_text
+from harness.metrics import difficulty_levels, mean_std
 
 __all__ = ["PAPER_NOTE", "RunRecord", "class_names", "collect_runs", "configure_parser", "level_counts",
            "mean_std", "pair_groups", "per_class_difference", "row_normalise", "run", "stratified_subsample",
@@ -208,14 +209,6 @@ def pair_groups(keys: Iterable[GroupKey]) -> list[tuple[GroupKey, GroupKey]]:
 
 # --------------------------------------------------------------------------- pure helpers
 
-def mean_std(values: Iterable[float | None]) -> tuple[float | None, float | None, int]:
-    """(mean, sample std with ddof 1 or None when n < 2, n) of the non-None values."""
-    v = np.array([float(x) for x in values if x is not None], dtype=np.float64)
-    if v.size == 0:
-        return None, None, 0
-    return float(v.mean()), (float(v.std(ddof=1)) if v.size > 1 else None), int(v.size)
-
-
 def _fmt(values: Iterable[float | None], digits: int = 2, expect_n: int | None = None) -> str:
     mean, std, n = mean_std(values)
     if mean is None:
@@ -248,14 +241,11 @@ def per_class_difference(base: Sequence[Sequence[float | None]], csre: Sequence[
 def level_counts(per_class: Sequence[float | None], hard: float = HARD, easy: float = EASY) -> dict[str, int]:
     """Table 7 counts from per-class accuracies in percent: hard < ``hard`` <= medium < ``easy`` <= easy.
 
-    The rule of :func:`harness.metrics.difficulty_levels` (exactly 80 % is medium, exactly 90 %
-    easy), on the percent values metrics.json stores; None (no test samples) counts nowhere.
+    :func:`harness.metrics.difficulty_levels` (exactly 80 % is medium, exactly 90 % easy) on the
+    percent values metrics.json stores (or their means over seeds); None (no test samples) counts nowhere.
     """
     acc = np.array([np.nan if a is None else float(a) for a in per_class], dtype=np.float64)
-    known = ~np.isnan(acc)
-    return {"hard": int((known & (acc < hard)).sum()),
-            "medium": int((known & (acc >= hard) & (acc < easy)).sum()),
-            "easy": int((known & (acc >= easy)).sum())}
+    return difficulty_levels(acc / 100, hard / 100, easy / 100)["counts"]
 
 
 def stratified_subsample(labels: Sequence[int], max_n: int, seed: int = TSNE_SEED) -> np.ndarray:

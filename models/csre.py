@@ -70,7 +70,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.encoder import Encoder, mean_pool
+from models.encoder import Encoder, encoder_state, mean_pool
 
 __all__ = [
     "STFD", "MemoryBank", "InfoNCE", "CSREOutput", "BankContrast", "CSRE", "SampleSpace", "csre_infonce", "class_slot_table",
@@ -674,7 +674,8 @@ def _check_fifo_share(counts: Tensor, num_samples: int, capacity: int, K_pos: in
         "steps where the queue happens to hold enough) or 'clamp' (sets of min(K, expected share)).")
 
 
-def _world() -> tuple[int, int]:
+def world_and_rank() -> tuple[int, int]:
+    """(world size, rank) of ``torch.distributed``, (1, 0) when it is not initialised."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size(), dist.get_rank()
     return 1, 0
@@ -686,7 +687,7 @@ def all_gather_cat(t: Tensor) -> Tensor:
 
     Every rank must pass the same shape (use ``drop_last`` or DistributedSampler's padding).
     """
-    world, _ = _world()
+    world, _ = world_and_rank()
     if world == 1:
         return t
     parts = [torch.empty_like(t) for _ in range(world)]
@@ -829,7 +830,7 @@ class BankContrast(nn.Module):
         Returns the unweighted losses and the valid-anchor masks per branch. Under DDP the loss is
         this rank's share (see the class docstring).
         """
-        world, rank = _world()
+        world, rank = world_and_rank()
         labels = labels.to(next(iter(feats.values())).device, torch.long)
         if world > 1 and self.uses_random and not self._seed_checked:
             self._check_seed_across_ranks(labels.device)
@@ -956,7 +957,7 @@ class BankContrast(nn.Module):
 
     def export(self) -> OrderedDict[str, Tensor]:
         """Encoder-only state_dict (no head, banks or generator): loads strictly into the bare encoder."""
-        return OrderedDict((k, v.detach().clone()) for k, v in self.encoder.state_dict().items())
+        return encoder_state(self.encoder)
 
 
 class CSRE(BankContrast):

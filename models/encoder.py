@@ -17,6 +17,8 @@ encoder so official checkpoints load with ``load_state_dict(strict=True)``.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from torch import Tensor, nn
 
 
@@ -61,3 +63,8 @@ def mean_pool(features: Tensor, num_person: int) -> Tensor:
     NM, C = features.shape[:2]
     x = features.view(NM // num_person, num_person, C, -1)  # (N, M, C, T'·V)
     return x.mean(3).mean(1)  # (N, C)
+
+
+def encoder_state(encoder: nn.Module) -> OrderedDict[str, Tensor]:
+    """A detached copy of ``encoder``'s state_dict: what a head's ``export()`` returns."""
+    return OrderedDict((k, v.detach().clone()) for k, v in encoder.state_dict().items())

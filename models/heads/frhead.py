@@ -72,9 +72,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.agcn import AGCN
-from models.csre import CSREOutput
+from models.csre import CSREOutput, world_and_rank
 from models.ctrgcn import CTRGCN
-from models.encoder import Encoder
+from models.encoder import Encoder, encoder_state
 
 __all__ = ["FRHead", "Renovate", "STRenovate", "VERSIONS", "OFFICIAL_STAGE_NAMES"]
 
@@ -82,10 +82,6 @@ VERSIONS = ("V0", "V1", "V2", "NO FN", "NO FP", "NO FN & FP")
 SUPPORTED = "CTR-GCN (models.ctrgcn.CTRGCN) and 2s-AGCN (models.agcn.AGCN)"
 #: official attribute names of the four stage heads (``ren_low`` on l1 ... ``ren_fin`` on l10)
 OFFICIAL_STAGE_NAMES = ("ren_low", "ren_mid", "ren_high", "ren_fin")
-
-
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 class Renovate(nn.Module):
@@ -165,7 +161,7 @@ class Renovate(nn.Module):
     @torch.no_grad()
     def _store(self, old: Tensor, proto: Tensor, tp_sum: Tensor, tp_count: Tensor) -> None:
         """Write the updated prototypes; under DDP from the TP statistics of all ranks."""
-        if _world() > 1:
+        if world_and_rank()[0] > 1:
             tp_sum, tp_count = tp_sum.detach().clone(), tp_count.detach().clone()
             dist.all_reduce(tp_sum)
             dist.all_reduce(tp_count)
@@ -328,7 +324,7 @@ class FRHead(nn.Module):
 
     def export(self) -> OrderedDict[str, Tensor]:
         """Encoder-only state_dict (no stage heads, no prototypes): loads strictly into the bare encoder."""
-        return OrderedDict((k, v.detach().clone()) for k, v in self.encoder.state_dict().items())
+        return encoder_state(self.encoder)
 
     def load_official_state_dict(self, state_dict: Mapping[str, Tensor], strict: bool = True) -> None:
         """Load an official FR-Head checkpoint: encoder keys unprefixed, stage heads ``ren_low`` / ``ren_mid``
