@@ -901,11 +901,21 @@ class _Checker:
         self.boot = {"resamples": resamples, "confidence": confidence, "seed": seed}
         self.referenced: set[tuple] = set()
         self._cache: dict[tuple, dict] = {}
+        self._hits_cache: dict[tuple, tuple[np.ndarray, np.ndarray, str] | None] = {}
 
     # -- per-seed hits of our cell ------------------------------------------------------------
 
     def _hits(self, t: Target, profile: str, seed: int) -> tuple[np.ndarray, np.ndarray, str] | None:
-        """(names, hits, what) of one seed of ``t``: a run, or a published-weight ensemble of runs."""
+        """(names, hits, what) of one seed of ``t``: a run, or a published-weight ensemble of runs.
+
+        Memoised: a baseline is paired with every CSRE setting of its cell (Tables 2, 5, 6), and its
+        score files are read once."""
+        key = (t.source, t.key, profile, seed)
+        if key not in self._hits_cache:
+            self._hits_cache[key] = self._read_hits(t, profile, seed)
+        return self._hits_cache[key]
+
+    def _read_hits(self, t: Target, profile: str, seed: int) -> tuple[np.ndarray, np.ndarray, str] | None:
         if t.source == "run":
             r = self.runs.get(t.key).get(profile, {}).get(seed)
             return None if r is None else (*_correct(r), str(r.run_dir))
