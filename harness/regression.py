@@ -41,21 +41,24 @@ def observe(metrics: dict) -> dict[str, list[float]]:
     return out
 
 
+def ci_cell(encoder: str, csre: bool, root: str | Path = "."):
+    """The matrix cell (:class:`harness.matrix.Cell`) of a CI regression cell: NW-UCLA, joint, seed 1, ci."""
+    from harness.matrix import Cell
+    return Cell("ucla", encoder, "joint", csre, 1, "ci", Path(root))
+
+
 def cell_name(encoder: str, csre: bool) -> str:
-    return f"ucla/{encoder}/joint/{'csre' if csre else 'base'}/seed1"
+    return ci_cell(encoder, csre).name
 
 
 def run_ci_cells(h5: str | Path, root: str | Path) -> dict[str, dict[str, list[float]]]:
     """Train every CI cell on the NW-UCLA file ``h5`` under ``root``; their observed values."""
-    from harness.matrix import cell_gin_files
     from harness.train import train
     values = {}
     for encoder, csre in CI_CELLS:
-        params = [f"DataConfig.path = '{h5}'", "TrainConfig.seed = 1", f"TrainConfig.csre = {csre}",
-                  "TrainConfig.dvclive = False"]
-        m = train(cell_gin_files("ucla", encoder, csre, "ci"), params,
-                  run_dir=Path(root) / encoder / ("csre" if csre else "base"))
-        values[cell_name(encoder, csre)] = observe(m)
+        cell = ci_cell(encoder, csre, root)
+        params = cell.gin_params + [f"DataConfig.path = '{h5}'", "TrainConfig.dvclive = False"]
+        values[cell.name] = observe(train(cell.gin_files, params, run_dir=cell.run_dir))
     return values
 
 

@@ -8,6 +8,7 @@ import gin
 import pytest
 
 from data import ucla
+from harness.matrix import cell_gin_files
 from tests.conftest import REPO
 
 UCLA_TAR = REPO / "data" / "raw" / "nwucla" / "all_sqe.tar.gz"
@@ -24,10 +25,9 @@ CSRE_TINY = ["TrainConfig.csre = True", "models.CSRE.K_pos = 2", "models.CSRE.K_
 
 
 def cell_files(encoder: str, csre: bool = False) -> list[str]:
-    """gin files of an NW-UCLA cell of ``encoder`` (with its NW-UCLA recipe or the CTR-GCN stand-in)."""
-    recipe = {"ctrgcn": "ctrgcn_ucla", "hyperformer": "hyperformer_ucla"}.get(encoder, "ctrgcn_ucla")
-    files = [f"gin/encoders/{encoder}.gin", "gin/datasets/ucla.gin", f"gin/recipes/{recipe}.gin"]
-    return files + (["gin/csre.gin"] if csre else [])
+    """gin files of an NW-UCLA cell of ``encoder`` as the matrix builds it, without the profile file
+    (these tests bind their own tiny settings, ``TINY``)."""
+    return [f for f in cell_gin_files("ucla", encoder, csre, "ci") if not f.startswith("gin/profiles/")]
 
 
 def cell_params(h5: Path, *extra: str, csre: bool = False) -> list[str]:
