@@ -61,15 +61,21 @@ def save(path: str | os.PathLike, checkpoint: Mapping[str, Any]) -> None:
         torch.save({"format": FORMAT, **checkpoint}, tmp)
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a training checkpoint written by :func:`save`; a clear error for anything else."""
+def read(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """Whatever ``torch.save`` wrote to ``path`` (ours or an official file); clear errors for a missing
+    or damaged one."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no checkpoint")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
         raise ValueError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a training checkpoint written by :func:`save`; a clear error for anything else."""
+    ckpt = read(path, map_location)
     found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
     if found != FORMAT:
         raise ValueError(f"{path}: not a csre-bench training checkpoint (found {found!r}, expected {FORMAT!r}); "

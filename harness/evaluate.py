@@ -100,18 +100,14 @@ def evaluate_checkpoint(checkpoint: str | Path, gin_files: Sequence[str], gin_pa
     from harness.train import TrainConfig
 
     path = Path(checkpoint)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
+    if not path.exists():  # before the gin parse and the model build
+        raise FileNotFoundError(f"{path}: no checkpoint")
     gin.clear_config()
     parse_gin(gin_files, gin_params)
     dev = resolve_device(device)
     recipe, data = Recipe(), DataConfig()
     encoder = build_encoder()
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
-    state = ckpt_lib.official_encoder_state(raw, str(path))
+    state = ckpt_lib.official_encoder_state(ckpt_lib.read(path), str(path))
     try:
         encoder.load_state_dict(state, strict=strict)
     except RuntimeError as e:

@@ -289,6 +289,15 @@ def test_eval_verb_loads_an_official_style_checkpoint(ucla_h5, tmp_path):
     bad = {k: v for k, v in official.items() if "fc" not in k}
     torch.save(bad, tmp_path / "bad.pt")
     assert main(["eval", "--checkpoint", str(tmp_path / "bad.pt"), *args[3 + 2:]]) == 2
+    from harness.evaluate import evaluate_checkpoint  # the errors behind those exit codes
+    files, params = cell_files("ctrgcn"), cell_params(ucla_h5, "Recipe.epochs = 1")
+    with pytest.raises(ValueError, match="does not fit the encoder built from"):
+        evaluate_checkpoint(tmp_path / "bad.pt", files, params, out_dir=tmp_path / "e1")
+    (tmp_path / "damaged.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="damaged.pt: unreadable checkpoint"):
+        evaluate_checkpoint(tmp_path / "damaged.pt", files, params, out_dir=tmp_path / "e2")
+    with pytest.raises(FileNotFoundError, match="missing.pt: no checkpoint"):
+        evaluate_checkpoint(tmp_path / "missing.pt", files, params, out_dir=tmp_path / "e3")
 
 
 # ------------------------------------------------------------------------------ DDP
