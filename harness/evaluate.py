@@ -17,9 +17,16 @@ from torch.utils.data import DataLoader
 
 from harness.batches import EpochBatches
 
-__all__ = ["autocast", "evaluate_checkpoint", "predict"]
+__all__ = ["autocast", "evaluate_checkpoint", "parameter_dtype", "predict"]
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: precision name -> autocast dtype (None: no autocast). 'fp64' runs parameters and inputs in float64
+#: (no autocast): results that do not depend on the CPU's float32 kernels, for regression checks.
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": None}
+
+
+def parameter_dtype(precision: str) -> torch.dtype:
+    """The dtype a model's parameters (and its inputs) have under ``precision``."""
+    return torch.float64 if precision == "fp64" else torch.float32
 
 
 def autocast(device: torch.device, precision: str):
@@ -55,10 +62,11 @@ def predict(model: torch.nn.Module, feeder, *, batch_size: int, device: torch.de
     was_training = model.training
     model.eval()
     encoder = getattr(model, "encoder", model)  # CSRE wraps the encoder; eval mode = the encoder alone
+    dtype = parameter_dtype(precision)
     logits, labels, feats = [], [], []
     try:
         for x, y, _ in loader(feeder, batch_size, num_workers=num_workers):
-            x = x.to(device, non_blocking=True)
+            x = x.to(device, dtype, non_blocking=True)
             with autocast(device, precision):
                 if features:
                     M = encoder.persons_in(x)

@@ -31,7 +31,8 @@ Wall-clock and memory figures are the only exceptions; they live under ``cost``.
 Departures from the official trainers (each is an option or documented):
 
 * precision is fp32 by default (the CSRE/Hyperformer code always runs AMP): ``precision='fp16'``
-  (autocast + GradScaler) or ``'bf16'`` (autocast);
+  (autocast + GradScaler) or ``'bf16'`` (autocast); ``'fp64'`` runs parameters, inputs and
+  losses in float64 (the CI regression cells: float32 results move with the CPU's kernels);
 * the validation split (``val_fraction``, default 5 %) is held out of training; ``0`` trains on
   the whole training part as the official code does (then there is no validation selection);
 * the headline is the last epoch; the official scripts report the best test epoch;
@@ -65,9 +66,10 @@ from harness.constants import PROFILES
 from harness.batches import EpochBatches, epoch_generator, per_class_subset, stratified_holdout
 from harness.configurables import REPO, CrossEntropyLoss, DataConfig, Recipe, build_encoder, build_head, parse_gin
 from harness.distributed import World, all_reduce_sum, barrier, setup, teardown
-from harness.evaluate import autocast, loader, predict, resolve_device
+from harness.evaluate import PRECISIONS, autocast, loader, parameter_dtype, predict, resolve_device
 from harness.io import Scores, atomic_path, save_scores, write_json, write_text
 from harness.signals import SignalCatcher
+from models.encoder import at_least_float32
 
 __all__ = ["NonFiniteLoss", "TrainConfig", "Trainer", "train"]
 
@@ -107,7 +109,7 @@ class TrainConfig:
     encoder: str | None = None
     run_dir: str | None = None
     profile: str = "paper"
-    precision: str = "fp32"  # 'fp32' | 'bf16' | 'fp16'
+    precision: str = "fp32"  # 'fp32' | 'bf16' | 'fp16' | 'fp64'
     deterministic: bool = False
     device: str = "auto"
     num_workers: int = 0
@@ -121,8 +123,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
             raise ValueError(f"TrainConfig.profile must be one of {PROFILES}, got {self.profile!r}")
-        if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ValueError(f"TrainConfig.precision must be 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"TrainConfig.precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if self.seed < 0:
             raise ValueError(f"TrainConfig.seed must be >= 0, got {self.seed}")
         from harness.configurables import HEADS
@@ -255,7 +257,7 @@ class Trainer:
             self.model = build_head(cfg.head_name, self.encoder, len(self.train_set),
                                     torch.as_tensor(self.train_set.labels), input_shape=sample_shape, seed=cfg.seed,
                                     stream=self.stream)
-        self.model.to(self.device)
+        self.model.to(self.device, parameter_dtype(cfg.precision))
         self.criterion = CrossEntropyLoss()
         self.optimizer = self.recipe.make_optimizer(self.model.parameters())
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
@@ -324,7 +326,8 @@ class Trainer:
             for x, y, index in data_loader:
                 if step >= total:
                     break
-                x, y, index = x.to(self.device), y.to(self.device), index.to(self.device)
+                x = x.to(self.device, parameter_dtype(cfg.precision))
+                y, index = y.to(self.device), index.to(self.device)
                 self.optimizer.zero_grad(set_to_none=True)
                 with autocast(self.device, cfg.precision):
                     if cfg.head_name is not None:
@@ -332,11 +335,11 @@ class Trainer:
                         logits, contrastive = out.logits, out.contrastive
                     else:
                         logits, contrastive = self.net(x), None
-                    ce = self.criterion(logits.float(), y)
+                    ce = self.criterion(at_least_float32(logits), y)
                     reg = self.encoder.regulariser(y)  # the encoder's own term (InfoGCN), from this forward
                 zero = ce.new_zeros(())
-                contrastive = zero if contrastive is None else contrastive.float()
-                reg = zero if reg is None else reg.float()
+                contrastive = zero if contrastive is None else at_least_float32(contrastive)
+                reg = zero if reg is None else at_least_float32(reg)
                 loss = ce + contrastive + reg
                 values = torch.stack([loss.detach(), ce.detach(), contrastive.detach(), reg.detach(),
                                       (logits.argmax(1) == y).sum().float()])  # on the device: no sync yet

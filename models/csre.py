@@ -42,7 +42,8 @@ Where this module departs from, or goes beyond, the official code:
   running counts (:class:`SampleSpace`): a uniform draw without replacement, like the official
   ``random.sample``, without keys for all S slots. Recorded draws can be injected (:meth:`CSRE.inject_draws`, or
   the ``draw`` argument of :func:`csre_infonce`).
-* The loss runs in **float32** even under autocast (the official matmul runs in fp16 under AMP);
+* The loss runs in **float32** even under autocast (the official matmul runs in fp16 under AMP),
+  in float64 when the model does;
   features are normalised with ``F.normalize`` (eps 1e-12 instead of a bare division).
 * **T' and V come from the encoder's real feature map** (the official code hard-codes T' = 16,
   which cannot build NW-UCLA's T' = 13).
@@ -70,7 +71,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.encoder import Encoder, encoder_state, mean_pool
+from models.encoder import Encoder, at_least_float32, encoder_state, mean_pool
 
 __all__ = [
     "STFD", "MemoryBank", "InfoNCE", "CSREOutput", "BankContrast", "CSRE", "SampleSpace", "csre_infonce", "class_slot_table",
@@ -527,8 +528,8 @@ def csre_infonce(z: Tensor, bank: Tensor, bank_labels: Tensor, bank_filled: Tens
             return draw_ranks(space, k, generator)
 
     with torch.autocast(z.device.type, enabled=False):
-        z = z.float()
-        bank = bank.detach().float()
+        z = at_least_float32(z)
+        bank = at_least_float32(bank.detach())
         # cosine similarities, without grad: the selections read them, the logits of the chosen
         # rows are read off them (their gradient comes from bank_logits below), and they become
         # the hard-negative keys in place at the end (no copy: a fresh (n, S) buffer costs page faults)
@@ -839,7 +840,7 @@ class BankContrast(nn.Module):
         n = labels.shape[0]
         terms, valid = {}, {}
         for b in self.branches:
-            z = F.normalize(feats[b].float(), dim=1)  # (n, d)
+            z = F.normalize(at_least_float32(feats[b]), dim=1)  # (n, d)
             bank = self.banks[b]
             bank.update(all_gather_cat(z.detach()), labels_all, index_all)  # write before compare
             res = csre_infonce(z, bank.features, bank.labels, bank.filled, labels,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import torch
 from torch import Tensor, nn
 
 
@@ -52,6 +53,12 @@ class Encoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x), self.persons_in(x))
+
+
+def at_least_float32(t: Tensor) -> Tensor:
+    """``t`` in float32, or kept in float64: losses and banks run in float32 under autocast (fp16 /
+    bf16 inputs are upcast), and in float64 when the whole model does (``precision='fp64'``)."""
+    return t if t.dtype == torch.float64 else t.float()
 
 
 def mean_pool(features: Tensor, num_person: int) -> Tensor:

@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from models.adjacency import edge_matrix, inward_edges, num_nodes, reroot
-from models.encoder import Encoder, mean_pool
+from models.encoder import Encoder, at_least_float32, mean_pool
 from models.units import MultiScaleTemporalConv, UnitTCN, bn_init, conv_branch_init, conv_init, residual_branch
 
 # Root of the tree that the official InfoGCN NTU graph is oriented from: joint 2 (spine middle).
@@ -298,5 +298,5 @@ class InfoGCN(Encoder):
         z, self._latent = self._latent, None
         if z is None or (self.lambda_1 == 0 and self.lambda_2 == 0):
             return None
-        mmd, l2_z_mean = latent_regularisers(z.float(), self.z_prior, labels.to(z.device, torch.long))
+        mmd, l2_z_mean = latent_regularisers(at_least_float32(z), self.z_prior, labels.to(z.device, torch.long))
         return self.lambda_2 * mmd + self.lambda_1 * l2_z_mean

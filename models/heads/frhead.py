@@ -74,7 +74,7 @@ from torch import Tensor, nn
 from models.agcn import AGCN
 from models.csre import CSREOutput, world_and_rank
 from models.ctrgcn import CTRGCN
-from models.encoder import Encoder, encoder_state
+from models.encoder import Encoder, at_least_float32, encoder_state
 
 __all__ = ["FRHead", "Renovate", "STRenovate", "VERSIONS", "OFFICIAL_STAGE_NAMES"]
 
@@ -114,24 +114,24 @@ class Renovate(nn.Module):
     def forward(self, x: Tensor, labels: Tensor, logits: Tensor) -> Tensor:
         f = self.cl_fc(x)  # (N, h)
         with torch.autocast(f.device.type, enabled=False):
-            return self._loss(f.float(), labels.long(), logits.detach().float())
+            return self._loss(at_least_float32(f), labels.long(), at_least_float32(logits.detach()))
 
     def _loss(self, f: Tensor, labels: Tensor, logits: Tensor) -> Tensor:
         K, eps = self.n_class, 1e-12
-        lbl = F.one_hot(labels, K).float()  # (N, K)
-        pred = F.one_hot(logits.argmax(1), K).float()
+        lbl = F.one_hot(labels, K).to(f.dtype)  # (N, K)
+        pred = F.one_hot(logits.argmax(1), K).to(f.dtype)
         p = torch.softmax(logits, 1)  # (N, K), no grad
         tp = lbl * pred
         fn, fp = lbl - tp, pred - tp
-        tp = tp * (p > self.pred_threshold).float()
-        has_fn = (fn.sum(0) > 1e-8).float()  # (K,)
-        has_fp = (fp.sum(0) > 1e-8).float()
+        tp = tp * (p > self.pred_threshold).to(f.dtype)
+        has_fn = (fn.sum(0) > 1e-8).to(f.dtype)  # (K,)
+        has_fp = (fp.sum(0) > 1e-8).to(f.dtype)
 
         # class means (with grad): FN / FP (L1-normalised columns) and TP; prototype momentum update
         mu_fn = f.t() @ (fn / fn.sum(0).clamp_min(eps))  # (h, K)
         mu_fp = f.t() @ (fp / fp.sum(0).clamp_min(eps))
         tp_sum, tp_count = f.t() @ tp, tp.sum(0)  # (h, K), (K,)
-        old = self.avg_f.detach().clone().float()
+        old = at_least_float32(self.avg_f.detach().clone())
         keep = torch.where(tp_count > 1e-8, self.mom, 1.0)  # (K,)
         proto = old * keep + (1 - keep) * (tp_sum / (tp_count + eps))  # (h, K), grad through the TP mean
         self._store(old, proto, tp_sum, tp_count)

@@ -369,6 +369,32 @@ def test_competitor_heads_train_through_the_trainer(ucla_h5, tmp_path, head):
         train(files, params + ["TrainConfig.csre = True"], run_dir=tmp_path / "bad")
 
 
+@pytest.mark.parametrize("encoder, head", [("ctrgcn", "csre"), ("ctrgcn", "skeletongcl"), ("ctrgcn", "frhead"),
+                                          ("infogcn", None)])
+def test_fp64_runs_every_head_in_float64(ucla_h5, tmp_path, encoder, head):
+    """precision='fp64' (the CI regression cells): parameters, banks, losses and the regulariser in
+    float64, with no float32 step that would bring the CPU's float32 kernels back in."""
+    files = cell_files(encoder, csre=head == "csre") + ([f"gin/heads/{head}.gin"] if head not in (None, "csre") else [])
+    extra = [f"TrainConfig.head = '{head}'"] if head not in (None, "csre") else []
+    params = cell_params(ucla_h5, "Recipe.epochs = 1", "TrainConfig.max_steps = 2", "TrainConfig.precision = 'fp64'",
+                         "models.SkeletonGCL.K_pos = 2", "models.SkeletonGCL.K_hard = 8", "models.SkeletonGCL.K_rand = 8",
+                         *extra, csre=head == "csre")
+    seen = []
+    original = torch.nn.functional.cross_entropy
+    torch.nn.functional.cross_entropy = lambda x, *a, **k: seen.append(x.dtype) or original(x, *a, **k)
+    try:
+        m = train(files, params, run_dir=tmp_path / "r")
+    finally:
+        torch.nn.functional.cross_entropy = original
+    assert m["precision"] == "fp64" and np.isfinite(m["history"][0]["train"]["loss"])
+    assert seen[:2] == [torch.float64] * 2  # the two training steps; val/test losses read the float32 score logits
+    ck = ckpt_lib.load(tmp_path / "r" / "checkpoint.pt")
+    floating = {k: v.dtype for k, v in ck["model"].items() if torch.is_tensor(v) and v.is_floating_point()}
+    assert set(floating.values()) == {torch.float64}, {k: d for k, d in floating.items() if d != torch.float64}
+    if head is not None:
+        assert m["history"][0]["train"]["contrastive"] >= 0 and any(k.startswith("encoder.") for k in floating)
+
+
 def test_infogcn_trains_with_its_own_objective(ucla_h5, tmp_path):
     """InfoGCN's MMD and latent-mean terms enter the loss (and the record) through Encoder.regulariser."""
     params = cell_params(ucla_h5, "Recipe.epochs = 1", "TrainConfig.max_steps = 3", "Recipe.base_lr = 0.0001")
