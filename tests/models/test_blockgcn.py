@@ -21,8 +21,8 @@ from models.adjacency import hop_distance, spatial_graph
 from models.blockgcn import BlockGCN, StructureElementLayer, TopologyEncoding, rips_h0_deaths
 from models.registry import encoder_class
 from tests.conftest import fixture_params, require_fixture
-from tests.models import encoder_fixture_paths, load_fixture, parameters_without_gradient, perturb_parameters
-from tests.models.test_encoders import EVAL_TOL, TRAIN_TOL, compare, state
+from tests.models import (assert_outputs_match, encoder_fixture_paths, load_fixture, parameters_without_gradient,
+                          perturb_parameters, state)
 
 FAMILY = "encoders (blockgcn)"
 FIXTURES = fixture_params(encoder_fixture_paths({"blockgcn"}), FAMILY)
@@ -42,11 +42,12 @@ def model_input(fx: dict) -> Tensor:
     return torch.cat([x, inputs["joint"]], 1) if "joint" in inputs else x
 
 
-def run(model: BlockGCN, x: Tensor, train: bool) -> tuple[Tensor, Tensor]:
+def run(model: BlockGCN, x: Tensor, train: bool) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """(feature map, logits, extras: none) through the public API."""
     model.train(train)
     with torch.no_grad():
         feats = model.features(x)
-        return feats, model.head(feats, x.shape[-1])
+        return feats, model.head(feats, x.shape[-1]), {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,26 +96,11 @@ def test_hops_match_official(path: Path | None) -> None:
 @pytest.mark.parametrize("which", ["init", "perturbed"])
 @pytest.mark.parametrize("path", FIXTURES)
 def test_outputs_match_official(path: Path | None, which: str) -> None:
+    """Under the scale-aware rule of :func:`tests.models.output_mismatches`."""
     fx = load_fixture(require_fixture(path, FAMILY))
     ref = fx if which == "init" else fx["perturbed"]
-    model = build(fx)
-    model.load_state_dict(state(fx, which), strict=True)
-    x = model_input(fx)
-
-    feats, logits = run(model, x, train=False)
-    compare(logits, ref, "eval_logits", EVAL_TOL, which)
-    if "eval_feature" in ref:
-        compare(feats, ref, "eval_feature", EVAL_TOL, which)
-    if "eval_feature_head" in ref:
-        compare(feats[:1], ref, "eval_feature_head", EVAL_TOL, which)
     assert not ref.get("eval_extra"), "fixture lists extras this test cannot compute"
-
-    if "train_logits" in ref or "train_feature_head" in ref:
-        feats, logits = run(model, x, train=True)  # BatchNorm on batch statistics
-        if "train_logits" in ref:
-            compare(logits, ref, "train_logits", TRAIN_TOL, which)
-        if "train_feature_head" in ref:
-            compare(feats[:1], ref, "train_feature_head", TRAIN_TOL, which)
+    assert_outputs_match(build(fx), model_input(fx), fx, which, run)
 
 
 @pytest.mark.reference

@@ -5,7 +5,7 @@ Fixture tests run once per ``*.pt`` anywhere under ``$CSRE_REFERENCE_DIR/encoder
 field is implemented here; the model is built from the fixture's own ``kwargs``, so held-out cases
 (other layouts, other arguments) are checked the same way. A fixture of an encoder no test module
 handles fails :func:`test_every_fixture_is_checked`. See ``encoders/README.md`` beside the fixtures
-for their format and for the tolerance rules used by :func:`assert_close`.
+for their format; the tolerance rule is :func:`tests.models.output_mismatches`.
 """
 
 from __future__ import annotations
@@ -23,39 +23,13 @@ from models.encoder import Encoder
 from models.hcn import HCN
 from models.units import MultiScaleTemporalConv, UnitTCN
 from tests.conftest import fixture_params, require_fixture
-from tests.models import (FIXTURE_FAMILIES, all_fixture_paths, encoder_fixture_paths, fixture_encoder,
-                          load_fixture, parameters_without_gradient, perturb_parameters)
+from tests.models import (FIXTURE_FAMILIES, all_fixture_paths, assert_outputs_match, encoder_fixture_paths,
+                          fixture_encoder, load_fixture, output_mismatches, parameters_without_gradient, perturb_parameters,
+                          state)
 
 ENCODERS: dict[str, type[Encoder]] = {"ctrgcn": CTRGCN, "agcn": AGCN, "hcn": HCN}
 FAMILY = "encoders (ctrgcn, agcn, hcn)"
 FIXTURES = fixture_params(encoder_fixture_paths(ENCODERS), FAMILY)
-
-EVAL_TOL, TRAIN_TOL = 1e-5, 1e-4
-# The encoder issue's element-wise tolerance (|ours - ref| <= ATOL + RTOL·|ref| for every element), required
-# on top of the README rule for eval logits, the eval feature map (``eval_feature``/``eval_feature_head``)
-# and train logits.
-ISSUE_ATOL, ISSUE_RTOL = 1e-5, 1e-4
-STRICT = ("eval_logits", "eval_feature", "eval_feature_head", "train_logits")
-
-
-def assert_close(ours: Tensor, ref: Tensor, tol: float, what: str, *, strict: bool = False) -> None:
-    """The fixtures' scale-aware rule: max|ours - ref| <= tol * max(1, max|ref|); with ``strict`` also
-    the issue's element-wise rule (atol 1e-5, rtol 1e-4), which is tighter where entries are small
-    but others large (init eval logits reach 1e3..1e6)."""
-    assert ours.shape == ref.shape, f"{what}: shape {tuple(ours.shape)} != {tuple(ref.shape)}"
-    ours = ours.detach()
-    err = (ours - ref).abs().max().item()
-    bound = tol * max(1.0, ref.abs().max().item())
-    assert err <= bound, f"{what}: max abs diff {err:.3g} > {bound:.3g} (README rule)"
-    if strict:
-        torch.testing.assert_close(ours, ref, atol=ISSUE_ATOL, rtol=ISSUE_RTOL,
-                                   msg=lambda m: f"{what} (issue tolerance atol={ISSUE_ATOL}, rtol={ISSUE_RTOL}): {m}")
-
-
-def compare(ours: Tensor, ref: dict, key: str, tol: float, which: str) -> None:
-    """:func:`assert_close` of ``ours`` against ``ref[key]``, strict for the outputs listed in :data:`STRICT`."""
-    assert_close(ours, ref[key], tol, f"{which} {key}", strict=key in STRICT)
-
 
 def build(fx: dict) -> Encoder:
     return ENCODERS[fx["encoder"]](**fx["kwargs"])
@@ -73,18 +47,12 @@ def extras(model: Encoder, feats: Tensor, num_person: int) -> dict[str, Tensor]:
     return {}
 
 
-def run(model: Encoder, x: Tensor, train: bool) -> tuple[Tensor, Tensor]:
+def run(model: Encoder, x: Tensor, train: bool) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """(feature map, logits, extras) through the public API."""
     model.train(train)
     with torch.no_grad():
         feats = model.features(x)
-        return feats, model.head(feats, x.shape[-1])
-
-
-def state(fx: dict, which: str) -> dict[str, Tensor]:
-    sd = dict(fx["state_dict"])
-    if which == "perturbed":
-        sd.update(fx["perturbed"]["overrides"])
-    return sd
+        return feats, model.head(feats, x.shape[-1]), extras(model, feats, x.shape[-1])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,43 +87,11 @@ def test_seeded_init_matches_official(path: Path | None) -> None:
 @pytest.mark.parametrize("which", ["init", "perturbed"])
 @pytest.mark.parametrize("path", FIXTURES)
 def test_outputs_match_official(path: Path | None, which: str) -> None:
+    """Eval and train-mode outputs under the scale-aware rule of :func:`tests.models.output_mismatches`."""
     fx = load_fixture(require_fixture(path, FAMILY))
     ref = fx if which == "init" else fx["perturbed"]
-    model = build(fx)
-    model.load_state_dict(state(fx, which), strict=True)
-    x = model_input(fx)
-    M = x.shape[-1]
-
-    feats, logits = run(model, x, train=False)
-    compare(logits, ref, "eval_logits", EVAL_TOL, which)
-    if "eval_feature" in ref:
-        compare(feats, ref, "eval_feature", EVAL_TOL, which)
-    if "eval_feature_head" in ref:
-        compare(feats[:1], ref, "eval_feature_head", EVAL_TOL, which)
-    ours_extra = extras(model, feats, M)
-    assert set(ref.get("eval_extra", {})) <= set(ours_extra), "fixture lists extras this test cannot compute"
-    for name, value in ref.get("eval_extra", {}).items():
-        assert_close(ours_extra[name], value, EVAL_TOL, f"{which} eval_extra[{name}]")
-
-    if "train_logits" in ref or "train_feature_head" in ref:
-        feats, logits = run(model, x, train=True)  # BatchNorm on batch statistics
-        if "train_logits" in ref:
-            compare(logits, ref, "train_logits", TRAIN_TOL, which)
-        if "train_feature_head" in ref:
-            compare(feats[:1], ref, "train_feature_head", TRAIN_TOL, which)
-
-
-def test_assert_close_applies_both_rules() -> None:
-    """The README rule scales with the largest entry; the issue's rule is element-wise."""
-    ref = torch.tensor([1e3, 0.0, -2.0])
-    off_small = ref + torch.tensor([0.0, 1e-3, 0.0])  # 1e-3 on a zero entry: README bound is 1e-2
-    assert_close(off_small, ref, EVAL_TOL, "readme only")
-    with pytest.raises(AssertionError, match="issue tolerance"):
-        assert_close(off_small, ref, EVAL_TOL, "strict", strict=True)
-    assert_close(ref * (1 + 5e-6), ref, EVAL_TOL, "relative", strict=True)  # within both rules
-    with pytest.raises(AssertionError, match="README rule"):
-        assert_close(ref + 0.1, ref, EVAL_TOL, "both", strict=True)
-    assert set(STRICT) == {"eval_logits", "eval_feature", "eval_feature_head", "train_logits"}
+    assert set(ref.get("eval_extra", {})) <= {"person_max_feature"}, "fixture lists extras this test cannot compute"
+    assert_outputs_match(build(fx), model_input(fx), fx, which, run)
 
 
 @pytest.mark.reference
@@ -179,6 +115,78 @@ def test_every_fixture_is_checked(path: Path | None) -> None:
     module = importlib.import_module(FIXTURE_FAMILIES[name])
     covered = [p.values[0] for p in module.FIXTURES]
     assert path in covered, f"{path}: encoder {name!r}, but not among {module.__name__}.FIXTURES"
+
+
+class _Chaotic(torch.nn.Module):
+    """A toy model whose output float32 rounding moves by O(1): sin of a huge multiple of the input."""
+
+    def __init__(self, gain: float) -> None:
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.tensor(gain))
+
+
+def _toy_run(model: _Chaotic, x: Tensor, train: bool) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    feats = x * model.gain  # magnitude up to ~1e3 x gain: a large, well-conditioned map
+    return feats, torch.sin(feats * 1e4), {}  # logits: ill-conditioned
+
+
+def test_the_rule_scales_with_the_output_and_widens_only_for_rounding() -> None:
+    x = torch.linspace(-1e3, 1e3, 40).reshape(4, 10)
+    model = _Chaotic(1.0)
+    feats, logits, _ = _toy_run(model.double(), x.double(), False)
+    # another "CPU": the exact (float64) values; eval_feature at 1e3 moves by 1e-3 element-wise,
+    # more than any fixed atol of 1e-5 allows, yet within 1e-5 of its scale
+    ref = {"eval_feature": (feats + 1e-3).float(), "eval_logits": logits.float()}
+    assert output_mismatches(_Chaotic(1.0), x, ref, _toy_run) == []
+    # beyond the scale: fails, and says why
+    ref_off = dict(ref, eval_feature=(feats * (1 + 1e-4)).float())
+    (problem,) = output_mismatches(_Chaotic(1.0), x, ref_off, _toy_run)
+    assert problem.startswith("eval_feature: max abs diff") and "tol x max(1, max|ref|)" in problem
+    # the logits are sin(1e4 x): float32 rounding alone moves them by O(1), measured against float64,
+    # so only a wrong model fails there (gain 1.001 changes the well-conditioned map as well)
+    wrong = output_mismatches(_Chaotic(1.001), x, ref, _toy_run)
+    assert any(p.startswith("eval_feature:") for p in wrong)
+    assert "float32 rounding" in output_mismatches(_Chaotic(1.0), x, dict(ref, eval_logits=ref["eval_logits"] + 10),
+                                                   _toy_run)[0]
+
+
+def _middle_convolution(model: torch.nn.Module) -> torch.nn.Module:
+    convs = [m for m in model.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.Conv2d))]
+    assert convs, f"{type(model).__name__} has no convolution"
+    return convs[len(convs) // 2]
+
+
+def _first_subset_graph(model: torch.nn.Module, num_point: int) -> tuple[str, Tensor] | None:
+    """The first (K >= 2, V, V) parameter or buffer whose first two subsets differ (CTR-GCN ``PA``,
+    2s-AGCN ``A``), or None."""
+    for name, t in [*model.named_parameters(), *model.named_buffers()]:
+        if t.ndim == 3 and t.shape[0] >= 2 and t.shape[1:] == (num_point, num_point) and not torch.equal(t[0], t[1]):
+            return name, t
+    return None
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("error", ["conv_weights_x_1.001", "two_graph_subsets_swapped"])
+@pytest.mark.parametrize("path", fixture_params(all_fixture_paths(), "encoders (any)"))
+def test_the_comparison_catches_small_errors(path: Path | None, error: str) -> None:
+    """The scale-aware rule that lets the reference move between CPUs still fails an encoder that is
+    slightly wrong: one convolution's weights scaled by 1 + 1e-3, or two graph subsets swapped, in
+    the loaded perturbed (non-degenerate) state."""
+    fx = load_fixture(require_fixture(path, "encoders (any)"))
+    module = importlib.import_module(FIXTURE_FAMILIES[fx["encoder"]])
+    model, x = module.build(fx), module.model_input(fx)
+    model.load_state_dict(state(fx, "perturbed"), strict=True)
+    with torch.no_grad():
+        if error == "conv_weights_x_1.001":
+            _middle_convolution(model).weight.mul_(1 + 1e-3)
+        else:
+            found = _first_subset_graph(model, fx["kwargs"].get("num_point", 25))
+            if found is None:
+                pytest.skip(f"{fx['encoder']} has no subset-partitioned graph")
+            name, A = found
+            A.copy_(A[[1, 0, *range(2, A.shape[0])]])
+    problems = output_mismatches(model, x, fx["perturbed"], module.run, train_seed=fx["seed"])
+    assert problems, f"{error}: every output of {path.name} still passes the comparison"
 
 
 def test_fixture_discovery_is_recursive_and_flags_unknown_encoders(tmp_path: Path, monkeypatch) -> None:

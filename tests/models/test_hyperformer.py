@@ -19,8 +19,7 @@ from models.adjacency import hop_distance, spatial_graph
 from models.hyperformer import DEFAULT_JOINT_LABELS, Hyperformer
 from models.registry import encoder_class
 from tests.conftest import fixture_params, require_fixture
-from tests.models import encoder_fixture_paths, load_fixture
-from tests.models.test_encoders import EVAL_TOL, TRAIN_TOL, compare, state
+from tests.models import assert_outputs_match, encoder_fixture_paths, load_fixture, state
 
 FAMILY = "encoders (hyperformer)"
 FIXTURES = fixture_params(encoder_fixture_paths({"hyperformer"}), FAMILY)
@@ -38,11 +37,12 @@ def model_input(fx: dict) -> Tensor:
     return fx["inputs"][0]
 
 
-def run(model: Hyperformer, x: Tensor, train: bool) -> tuple[Tensor, Tensor]:
+def run(model: Hyperformer, x: Tensor, train: bool) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """(feature map, logits, extras: none) through the public API."""
     model.train(train)
     with torch.no_grad():
         feats = model.features(x)
-        return feats, model.head(feats, x.shape[-1])
+        return feats, model.head(feats, x.shape[-1]), {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,27 +91,12 @@ def test_seeded_init_matches_official(path: Path | None) -> None:
 @pytest.mark.parametrize("which", ["init", "perturbed"])
 @pytest.mark.parametrize("path", FIXTURES)
 def test_outputs_match_official(path: Path | None, which: str) -> None:
-    """Init (attention switched off) and perturbed (attention, hop and body-part terms on) states."""
+    """Init (attention switched off) and perturbed (attention, hop and body-part terms on) states, under
+    the scale-aware rule of :func:`tests.models.output_mismatches`."""
     fx = load_fixture(require_fixture(path, FAMILY))
     ref = fx if which == "init" else fx["perturbed"]
-    model = build(fx)
-    model.load_state_dict(state(fx, which), strict=True)
-    x = model_input(fx)
-
-    feats, logits = run(model, x, train=False)
-    compare(logits, ref, "eval_logits", EVAL_TOL, which)
-    if "eval_feature" in ref:
-        compare(feats, ref, "eval_feature", EVAL_TOL, which)
-    if "eval_feature_head" in ref:
-        compare(feats[:1], ref, "eval_feature_head", EVAL_TOL, which)
     assert not ref.get("eval_extra"), "Hyperformer has no extra outputs (y is only passed through)"
-
-    if "train_logits" in ref or "train_feature_head" in ref:
-        feats, logits = run(model, x, train=True)  # BatchNorm on batch statistics
-        if "train_logits" in ref:
-            compare(logits, ref, "train_logits", TRAIN_TOL, which)
-        if "train_feature_head" in ref:
-            compare(feats[:1], ref, "train_feature_head", TRAIN_TOL, which)
+    assert_outputs_match(build(fx), model_input(fx), fx, which, run)
 
 
 @pytest.mark.reference

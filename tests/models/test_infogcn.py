@@ -18,8 +18,7 @@ from models.adjacency import inward_edges, reroot
 from models.infogcn import InfoGCN, InfoGCNTemporalConv, latent_regularisers
 from models.registry import encoder_class
 from tests.conftest import fixture_params, require_fixture
-from tests.models import encoder_fixture_paths, load_fixture
-from tests.models.test_encoders import EVAL_TOL, TRAIN_TOL, assert_close, compare, state
+from tests.models import assert_outputs_match, encoder_fixture_paths, load_fixture, state
 
 FAMILY = "encoders (infogcn)"
 FIXTURES = fixture_params(encoder_fixture_paths({"infogcn"}), FAMILY)
@@ -34,13 +33,13 @@ def model_input(fx: dict) -> Tensor:
     return fx["inputs"][0]
 
 
-def run(model: InfoGCN, x: Tensor, train: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """(feature map, logits, z) through the public API."""
+def run(model: InfoGCN, x: Tensor, train: bool) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """(feature map, logits, extras: the latent ``z``) through the public API."""
     model.train(train)
     with torch.no_grad():
         feats = model.features(x)
         logits, z = model.head_with_latent(feats, x.shape[-1])
-        return feats, logits, z
+        return feats, logits, {"z": z}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,30 +88,24 @@ def test_joint_mixing_matches_official(path: Path | None) -> None:
 @pytest.mark.parametrize("which", ["init", "perturbed"])
 @pytest.mark.parametrize("path", FIXTURES)
 def test_outputs_match_official(path: Path | None, which: str) -> None:
+    """Eval logits, feature map and ``z``; train-mode feature map. Under the scale-aware rule of
+    :func:`tests.models.output_mismatches`.
+
+    Random draws: ``train_feature_head`` (the ``l9`` map) lies upstream of the latent sample, so it
+    does not depend on ``torch.randn`` at all, and the fixtures omit the train logits, which do.
+    What moves it across CPUs is float32 rounding. The attention softmax is peaked (``to_qk``
+    weights drawn from N(0, 1)), so in train mode rounding grows about tenfold per block: 6.7e-3 of
+    scale between the AVX-512 and AVX2 reference files, and 3.4e-2 between our float32 and float64
+    runs of the perturbed state. The rule's float64 measurement of that rounding covers it; the
+    eval-mode outputs of the same state stay within 1e-5 of scale. Should a fixture carry train
+    logits, the pass is seeded with the fixture's seed, so the latent noise is the reference's
+    wherever torch's normal kernel is the same (AVX2 and AVX-512 give identical draws; a CPU
+    without AVX2 would not).
+    """
     fx = load_fixture(require_fixture(path, FAMILY))
     ref = fx if which == "init" else fx["perturbed"]
-    model = build(fx)
-    model.load_state_dict(state(fx, which), strict=True)
-    x = model_input(fx)
-
-    feats, logits, z = run(model, x, train=False)
-    compare(logits, ref, "eval_logits", EVAL_TOL, which)
-    if "eval_feature" in ref:
-        compare(feats, ref, "eval_feature", EVAL_TOL, which)
-    if "eval_feature_head" in ref:
-        compare(feats[:1], ref, "eval_feature_head", EVAL_TOL, which)
-    extras = ref.get("eval_extra", {})
-    assert set(extras) <= {"z"}, f"fixture lists extras this test cannot compute: {sorted(extras)}"
-    if "z" in extras:
-        assert_close(z, extras["z"], EVAL_TOL, f"{which} eval_extra[z]")
-
-    if "train_logits" in ref or "train_feature_head" in ref:
-        torch.manual_seed(fx["seed"])  # train logits depend on the latent noise (global RNG)
-        feats, logits, _ = run(model, x, train=True)  # BatchNorm on batch statistics
-        if "train_logits" in ref:
-            compare(logits, ref, "train_logits", TRAIN_TOL, which)
-        if "train_feature_head" in ref:
-            compare(feats[:1], ref, "train_feature_head", TRAIN_TOL, which)
+    assert set(ref.get("eval_extra", {})) <= {"z"}, f"fixture lists extras this test cannot compute: {sorted(ref['eval_extra'])}"
+    assert_outputs_match(build(fx), model_input(fx), fx, which, run, train_seed=fx["seed"])
 
 
 @pytest.mark.reference
