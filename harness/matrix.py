@@ -3,8 +3,8 @@
 ``python -m harness matrix ucla --profile quick --encoders ctrgcn --streams joint --seeds 1``
 
 A **cell** is one ``harness train`` run: encoder x benchmark x stream x CSRE on/off x seed, with
-the gin files of :func:`cell_gin_files` (encoder, dataset, the NW-UCLA recipe where the benchmark
-is NW-UCLA, the 2s-AGCN CTR-GCN-pipeline recipe on NTU, CSRE, the profile, extra files) and its
+the gin files of :func:`cell_gin_files` (encoder, dataset, the cell's official recipe where it differs
+from the encoder file's: :func:`recipe_file`, CSRE, the profile, extra files) and its
 run directory ``<root>/<benchmark>/<encoder>/<stream>/<csre|base>/seed<k>`` (``<root>`` = ``runs``
 for the ``paper`` profile, ``runs/<profile>`` otherwise, so shortened runs never mix with real
 ones).
@@ -44,12 +44,32 @@ from harness.constants import INTERRUPTED, PROFILES, STREAMS
 
 REPO = Path(__file__).resolve().parents[1]  # (not from harness.configurables: keeps `--help` free of torch)
 
-__all__ = ["BENCHMARKS", "Cell", "MatrixResult", "cell_gin_files", "expand", "run_matrix"]
+__all__ = ["BENCHMARKS", "Cell", "MatrixResult", "RECIPES", "cell_gin_files", "expand", "recipe_file", "run_matrix"]
 
 BENCHMARKS = ("ntu60_xsub", "ntu60_xview", "ntu120_xsub", "ntu120_xset", "ucla")
 ENCODERS = ("hcn", "agcn", "ctrgcn", "hyperformer", "blockgcn", "infogcn")
-#: official NW-UCLA recipes; the other families have none and use CTR-GCN's as a labelled stand-in
-UCLA_RECIPES = {"ctrgcn": "ctrgcn_ucla", "hyperformer": "hyperformer_ucla"}
+#: recipe files (gin/recipes/<name>.gin) of the official configs that differ from the encoder file's own,
+#: by (encoder, benchmark, stream), the stream None for every stream; NW-UCLA families without an
+#: official recipe use CTR-GCN's as a labelled stand-in (see :func:`recipe_file`)
+RECIPES = {
+    ("ctrgcn", "ucla", None): "ctrgcn_ucla",
+    ("hyperformer", "ucla", None): "hyperformer_ucla",
+    ("hyperformer", "ucla", "bone"): "hyperformer_ucla_bone",
+    ("hyperformer", "ucla", "bone_motion"): "hyperformer_ucla_bone",
+    ("hyperformer", "ntu60_xview", None): "hyperformer_ntu60_xview",
+}
+
+
+def recipe_file(benchmark: str, encoder: str, stream: str | None = None) -> str | None:
+    """The recipe file a cell adds after the encoder and dataset files, or None (the encoder file's own)."""
+    for key in ((encoder, benchmark, stream), (encoder, benchmark, None)):
+        if key in RECIPES:
+            return f"gin/recipes/{RECIPES[key]}.gin"
+    if benchmark == "ucla":
+        return "gin/recipes/ctrgcn_ucla.gin"
+    if encoder == "agcn":  # the paper trains 2s-AGCN in the CTR-GCN pipeline (64 frames, 65 epochs)
+        return "gin/recipes/agcn_ctrgcn_pipeline.gin"
+    return None
 
 
 def data_hint(benchmark: str) -> str:
@@ -62,17 +82,17 @@ def data_hint(benchmark: str) -> str:
 
 
 def cell_gin_files(benchmark: str, encoder: str, csre: bool, profile: str, extra: Sequence[str] = (),
-                   head: str | None = None) -> list[str]:
+                   head: str | None = None, stream: str | None = None) -> list[str]:
     """The gin files of a cell, in the order that makes later files win where they must.
 
     ``head``: a competitor contrastive head (``'skeletongcl'``, ``'frhead'``; Table 4), whose
-    ``gin/heads/<head>.gin`` takes the place of ``gin/csre.gin``.
+    ``gin/heads/<head>.gin`` takes the place of ``gin/csre.gin``. ``stream``: the cell's stream,
+    for the recipes that differ by stream (:data:`RECIPES`).
     """
     files = [f"gin/encoders/{encoder}.gin", f"gin/datasets/{benchmark}.gin"]
-    if benchmark == "ucla":
-        files.append(f"gin/recipes/{UCLA_RECIPES.get(encoder, 'ctrgcn_ucla')}.gin")
-    elif encoder == "agcn":  # the paper trains 2s-AGCN in the CTR-GCN pipeline (64 frames, 65 epochs)
-        files.append("gin/recipes/agcn_ctrgcn_pipeline.gin")
+    recipe = recipe_file(benchmark, encoder, stream)
+    if recipe is not None:
+        files.append(recipe)
     if csre:
         files.append("gin/csre.gin")
     if head is not None:
@@ -109,7 +129,8 @@ class Cell:
 
     @property
     def gin_files(self) -> list[str]:
-        return cell_gin_files(self.benchmark, self.encoder, self.csre, self.profile, self.extra_gin, self.head)
+        return cell_gin_files(self.benchmark, self.encoder, self.csre, self.profile, self.extra_gin, self.head,
+                              self.stream)
 
     @property
     def gin_params(self) -> list[str]:

@@ -7,8 +7,10 @@ import subprocess
 import sys
 import time
 
+import gin
 import pytest
 
+from harness.constants import STREAMS
 from harness.matrix import Cell, cell_gin_files, check_data, expand, run_matrix, summarize
 from tests.conftest import REPO
 
@@ -37,6 +39,38 @@ def test_gin_files_per_benchmark_and_encoder():
                    "gin/csre.gin", "gin/profiles/paper.gin", "gin/csre/tc.gin"]
     for f in ntu:
         assert (REPO / f).exists(), f
+
+
+HYPERFORMER_XVIEW = "ZhouYuxuanYX/Hyperformer config/nturgbd-cross-view/{joint,bone,vel,bone_vel}.yaml"
+HYPERFORMER_XSUB = "ZhouYuxuanYX/Hyperformer config/nturgbd-cross-subject/joint.yaml"
+UCLA_JOINT_PARTS = [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2]  # config/ucla/{joint,vel}.yaml
+UCLA_BONE_PARTS = [0, 0, 0, 0, 0, 1, 1, 1, 0, 1, 1, 1, 0, 2, 2, 2, 0, 2, 2, 2]  # config/ucla/{bone,bone_vel}.yaml
+#: (benchmark, encoder, streams): official values, the file they come from
+OFFICIAL_RECIPES = [
+    ("ntu60_xview", "hyperformer", STREAMS, {"Recipe.base_lr": 0.01, "Recipe.gamma": 0.025, "Recipe.steps": [110, 120],
+                                             "Recipe.epochs": 140, "Recipe.test_batch_size": 512}, HYPERFORMER_XVIEW),
+    ("ntu60_xsub", "hyperformer", STREAMS, {"Recipe.base_lr": 0.025, "Recipe.gamma": 0.1, "Recipe.test_batch_size": 64},
+     HYPERFORMER_XSUB),
+    ("ucla", "hyperformer", ("joint", "joint_motion"), {"joint_label": UCLA_JOINT_PARTS}, "Hyperformer config/ucla/joint.yaml"),
+    ("ucla", "hyperformer", ("bone", "bone_motion"), {"joint_label": UCLA_BONE_PARTS}, "Hyperformer config/ucla/bone.yaml"),
+]
+
+
+@pytest.mark.parametrize("csre", [False, True], ids=["base", "csre"])
+@pytest.mark.parametrize("benchmark, encoder, streams, expected, source", OFFICIAL_RECIPES,
+                         ids=[f"{b}-{e}-{'+'.join(s)}" for b, e, s, _, _ in OFFICIAL_RECIPES])
+def test_cells_bind_the_official_recipe(benchmark, encoder, streams, expected, source, csre):
+    """The paper-profile cells the matrix expands carry the official values (with CSRE too, whose
+    runs use the encoder's configs); joint_label is read off the built encoder."""
+    from harness.configurables import build_encoder, parse_gin
+    for cell in expand(benchmark, encoders=[encoder], streams=list(streams), csre=(csre,), profile="paper"):
+        parse_gin(cell.gin_files, cell.gin_params)
+        try:
+            for key, value in expected.items():
+                got = list(build_encoder().joint_label) if key == "joint_label" else gin.query_parameter(key)
+                assert got == value, f"{cell.name}: {key} = {got!r}, official {value!r} ({source})"
+        finally:
+            gin.clear_config()
 
 
 @pytest.mark.parametrize("kw, what", [({"encoders": []}, "encoders"), ({"streams": []}, "streams"),
