@@ -257,7 +257,9 @@ class Trainer:
             self.model = build_head(cfg.head_name, self.encoder, len(self.train_set),
                                     torch.as_tensor(self.train_set.labels), input_shape=sample_shape, seed=cfg.seed,
                                     stream=self.stream)
-        self.model.to(self.device, parameter_dtype(cfg.precision))
+        self.model.to(self.device)
+        if cfg.precision == "fp64":  # every floating parameter and buffer (the CSRE banks too)
+            self.model.double()
         self.criterion = CrossEntropyLoss()
         self.optimizer = self.recipe.make_optimizer(self.model.parameters())
         self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
