@@ -271,6 +271,10 @@ class Recipe:
     ``clip_norm_per_sample``: gradient clipping as HCN-pytorch's ``main.py``: the total L2 norm of
     all gradients is clipped to ``clip_norm_per_sample * batch_size`` (its ``clip *
     batch_size_train``) before each optimiser step; None (the others) does not clip.
+
+    ``amp``: the official trainer trains under ``torch.cuda.amp`` (fp16 autocast + GradScaler) and
+    evaluates in fp32 (Hyperformer, BlockGCN, the CSRE code; InfoGCN's Apex O1 likewise).
+    ``TrainConfig.precision = 'recipe'`` follows it on CUDA.
     """
 
     optimizer: str = "sgd"  # 'sgd' | 'adam'
@@ -286,6 +290,7 @@ class Recipe:
     batch_size: int = 64
     test_batch_size: int = 64
     clip_norm_per_sample: float | None = None
+    amp: bool = False
     source: str = ""  # where the values come from: "owner/repo path/to/config"
 
     def __post_init__(self) -> None:

@@ -31,7 +31,9 @@ Wall-clock and memory figures are the only exceptions; they live under ``cost``.
 Departures from the official trainers (each is an option or documented):
 
 * precision is fp32 by default (the CSRE/Hyperformer code always runs AMP): ``precision='fp16'``
-  (autocast + GradScaler) or ``'bf16'`` (autocast); ``'fp64'`` runs parameters, inputs and
+  (autocast + GradScaler) or ``'bf16'`` (autocast); ``'recipe'`` (the ``paper`` profile) is the
+  official trainer's: fp16 + GradScaler where ``Recipe.amp`` says it trained under AMP, evaluation
+  in fp32, fp32 for the others, and fp32 on a CPU (recorded as such, with the reason); ``'fp64'`` runs parameters, inputs and
   losses in float64 (the CI regression cells: float32 results move with the CPU's kernels);
 * the validation split (``val_fraction``, default 5 %) is held out of training; ``0`` trains on
   the whole training part as the official code does (then there is no validation selection);
@@ -71,7 +73,7 @@ from harness.io import Scores, atomic_path, save_scores, write_json, write_text
 from harness.signals import SignalCatcher
 from models.encoder import at_least_float32
 
-__all__ = ["NonFiniteLoss", "TrainConfig", "Trainer", "train"]
+__all__ = ["NonFiniteLoss", "TrainConfig", "Trainer", "resolve_precision", "train"]
 
 
 
@@ -109,7 +111,7 @@ class TrainConfig:
     encoder: str | None = None
     run_dir: str | None = None
     profile: str = "paper"
-    precision: str = "fp32"  # 'fp32' | 'bf16' | 'fp16' | 'fp64'
+    precision: str = "fp32"  # 'fp32' | 'bf16' | 'fp16' | 'fp64' | 'recipe' (the official trainer's, on CUDA)
     deterministic: bool = False
     device: str = "auto"
     num_workers: int = 0
@@ -123,8 +125,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
             raise ValueError(f"TrainConfig.profile must be one of {PROFILES}, got {self.profile!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"TrainConfig.precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        if self.precision not in (*PRECISIONS, "recipe"):
+            raise ValueError(f"TrainConfig.precision must be one of {sorted(PRECISIONS)} or 'recipe', "
+                             f"got {self.precision!r}")
         if self.seed < 0:
             raise ValueError(f"TrainConfig.seed must be >= 0, got {self.seed}")
         from harness.configurables import HEADS
@@ -201,6 +204,24 @@ class _Interrupt(SignalCatcher):
         self.signum = signum
 
 
+def resolve_precision(requested: str, recipe: Recipe, device: torch.device) -> tuple[str, str, str | None]:
+    """(training precision, evaluation precision, note) of ``TrainConfig.precision = requested``.
+
+    ``'recipe'`` is the official trainer's: fp16 autocast + GradScaler in training and fp32 in
+    evaluation where ``recipe.amp`` (the official code runs ``torch.cuda.amp``), fp32 otherwise.
+    On a device without CUDA it is fp32, and the note says that this departs from the recipe.
+    Any other value is used as given for both.
+    """
+    if requested != "recipe":
+        return requested, requested, None
+    if not recipe.amp:
+        return "fp32", "fp32", None
+    if device.type != "cuda":
+        return "fp32", "fp32", (f"the official recipe ({recipe.source or 'Recipe'}) trains under AMP (fp16 "
+                                f"autocast + GradScaler) on CUDA; this {device.type} run is fp32")
+    return "fp16", "fp32", None
+
+
 class Trainer:
     """Builds everything for one cell from the parsed gin config and trains it; see the module docstring."""
 
@@ -226,6 +247,8 @@ class Trainer:
         if self.device.type == "cuda" and self.world.distributed:
             self.device = torch.device("cuda", self.world.local_rank)
         self.determinism = set_determinism(self.cfg.deterministic)
+        self.precision, self.eval_precision, self.precision_note = resolve_precision(
+            self.cfg.precision, self.recipe, self.device)
         seed_everything(self.cfg.seed)
         self._build()
 
@@ -258,11 +281,11 @@ class Trainer:
                                     torch.as_tensor(self.train_set.labels), input_shape=sample_shape, seed=cfg.seed,
                                     stream=self.stream)
         self.model.to(self.device)
-        if cfg.precision == "fp64":  # every floating parameter and buffer (the CSRE banks too)
+        if self.precision == "fp64":  # every floating parameter and buffer (the CSRE banks too)
             self.model.double()
         self.criterion = CrossEntropyLoss()
         self.optimizer = self.recipe.make_optimizer(self.model.parameters())
-        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.ddp = None
         if self.world.distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -299,7 +322,8 @@ class Trainer:
             "train_samples": len(self.train_set), "train_distinct": int(self.train_set.num_samples),
             "val_samples": 0 if self.val_set is None else len(self.val_set), "test_samples": len(self.test_set),
             "val_positions": self.val_positions.tolist(), "parameters": params, "encoder_parameters": enc_params,
-            "bn_batch": self.recipe.batch_size // self.world.size,
+            "batch_per_process": self.recipe.batch_size // self.world.size,  # BatchNorm's batch
+            "precision": self.precision, "eval_precision": self.eval_precision, "precision_note": self.precision_note,
         })
 
     def _fingerprint(self) -> str:
@@ -328,10 +352,10 @@ class Trainer:
             for x, y, index in data_loader:
                 if step >= total:
                     break
-                x = x.to(self.device, parameter_dtype(cfg.precision))
+                x = x.to(self.device, parameter_dtype(self.precision))
                 y, index = y.to(self.device), index.to(self.device)
                 self.optimizer.zero_grad(set_to_none=True)
-                with autocast(self.device, cfg.precision):
+                with autocast(self.device, self.precision):
                     if cfg.head_name is not None:
                         out = self.net(x, y, index)
                         logits, contrastive = out.logits, out.contrastive
@@ -392,7 +416,7 @@ class Trainer:
             for part, feeder in (("val", self.val_set), ("test", self.test_set)):
                 if feeder is not None:
                     out[part] = predict(self.model, feeder, batch_size=bs, device=self.device,
-                                        precision=self.cfg.precision, num_workers=self.cfg.num_workers,
+                                        precision=self.eval_precision, num_workers=self.cfg.num_workers,
                                         features=part == "test")
             if "test" in out:
                 logits, labels, self._test_features = out["test"]
@@ -572,8 +596,10 @@ class Trainer:
             "best_on_val": at("val"),
             "best_on_test": at("test"),  # the official code's selection: optimistic, labelled
             "recipe": self.recipe.to_dict(), "data": self.data.to_dict(),
-            "train_config": self.cfg.to_dict(), "precision": self.cfg.precision, "determinism": self.determinism,
-            "world_size": self.world.size, "device": str(self.device),
+            "train_config": self.cfg.to_dict(), "precision": self.precision, "eval_precision": self.eval_precision,
+            "precision_note": self.precision_note, "determinism": self.determinism,
+            "world_size": self.world.size, "batch_per_process": self.recipe.batch_size // self.world.size,
+            "device": str(self.device),
             "cost": {"seconds_per_epoch": float(np.mean(train_secs)) if train_secs else None,
                      "eval_seconds_per_epoch": float(np.mean([c["eval_seconds"] for c in cost])) if cost else None,
                      "peak_memory_mb": max((c.get("peak_cuda_allocated_mb", c["peak_rss_mb"]) for c in cost), default=None),
@@ -634,7 +660,7 @@ class Trainer:
         cost = metrics["cost"]
         if cost["seconds_per_epoch"] is not None:
             lines.append(f"cost: {cost['seconds_per_epoch']:.1f} s/epoch training, peak memory "
-                         f"{cost['peak_memory_mb']:.0f} MB ({cost['memory_kind']}); precision {self.cfg.precision}")
+                         f"{cost['peak_memory_mb']:.0f} MB ({cost['memory_kind']}); precision {self.precision}")
         return "\n".join(lines)
 
 

@@ -10,8 +10,10 @@ import time
 import gin
 import pytest
 
+from harness.configurables import Recipe, build_encoder, parse_gin
 from harness.constants import STREAMS
 from harness.matrix import Cell, cell_gin_files, check_data, expand, run_matrix, summarize
+from harness.train import TrainConfig
 from tests.conftest import REPO
 
 
@@ -62,13 +64,40 @@ OFFICIAL_RECIPES = [
 def test_cells_bind_the_official_recipe(benchmark, encoder, streams, expected, source, csre):
     """The paper-profile cells the matrix expands carry the official values (with CSRE too, whose
     runs use the encoder's configs); joint_label is read off the built encoder."""
-    from harness.configurables import build_encoder, parse_gin
     for cell in expand(benchmark, encoders=[encoder], streams=list(streams), csre=(csre,), profile="paper"):
         parse_gin(cell.gin_files, cell.gin_params)
         try:
             for key, value in expected.items():
                 got = list(build_encoder().joint_label) if key == "joint_label" else gin.query_parameter(key)
                 assert got == value, f"{cell.name}: {key} = {got!r}, official {value!r} ({source})"
+        finally:
+            gin.clear_config()
+
+
+#: Recipe.amp of the official trainers (torch.cuda.amp / Apex O1); every w/CSRE cell is the CSRE code's (AMP)
+OFFICIAL_AMP = {"hcn": False, "agcn": False, "ctrgcn": False,  # HCN-pytorch, 2s-AGCN, CTR-GCN main.py: fp32
+                "hyperformer": True, "blockgcn": True,  # main.py train(): use_amp = True
+                "infogcn": True}  # README command --half=True (apex O1)
+
+
+@pytest.mark.parametrize("benchmark", ["ntu120_xsub", "ucla"])
+@pytest.mark.parametrize("encoder", sorted(OFFICIAL_AMP))
+def test_paper_cells_train_as_the_official_trainers(benchmark, encoder):
+    """The paper profile: every training sample trains (no validation part) at the official
+    trainer's precision (``'recipe'``: AMP where the official code used it)."""
+    for cell in expand(benchmark, encoders=[encoder], streams=["joint"], profile="paper"):
+        parse_gin(cell.gin_files, cell.gin_params)
+        try:
+            cfg, recipe = TrainConfig(), Recipe()
+            assert (cfg.val_fraction, cfg.precision) == (0, "recipe"), cell.name
+            assert recipe.amp == (OFFICIAL_AMP[encoder] or cell.csre), cell.name
+        finally:
+            gin.clear_config()
+    for profile in ("quick", "ci"):  # the shortened profiles keep their validation part and fp32
+        cell = expand(benchmark, encoders=[encoder], streams=["joint"], profile=profile)[0]
+        parse_gin(cell.gin_files, cell.gin_params)
+        try:
+            assert TrainConfig().precision == "fp32" and TrainConfig().val_fraction > 0, cell.name
         finally:
             gin.clear_config()
 

@@ -145,6 +145,30 @@ def test_same_seed_gives_bit_identical_metrics_checkpoints_and_scores(ucla_h5, t
     assert c["history"][0]["train"]["loss"] != a["history"][0]["train"]["loss"]
 
 
+@pytest.mark.parametrize("requested, amp, device, expected", [
+    ("recipe", True, "cuda", ("fp16", "fp32", None)),  # the official: AMP training, fp32 evaluation
+    ("recipe", False, "cuda", ("fp32", "fp32", None)),
+    ("recipe", False, "cpu", ("fp32", "fp32", None)),
+    ("fp16", False, "cpu", ("fp16", "fp16", None)),  # an explicit choice is kept for both
+    ("fp64", True, "cuda", ("fp64", "fp64", None)),
+])
+def test_recipe_precision_is_the_official_trainers(requested, amp, device, expected):
+    from harness.configurables import Recipe
+    from harness.train import resolve_precision
+    assert resolve_precision(requested, Recipe(amp=amp), torch.device(device)) == expected
+
+
+def test_recipe_precision_on_a_cpu_is_fp32_and_says_why(ucla_h5, tmp_path):
+    params = cell_params(ucla_h5, "Recipe.epochs = 1", "TrainConfig.max_steps = 1", "TrainConfig.precision = 'recipe'",
+                         "Recipe.amp = True", "Recipe.source = 'owner/repo main.py'")
+    m = train(cell_files("hcn"), params, run_dir=tmp_path / "r")
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert m["precision"] == run["precision"] == "fp32" and m["eval_precision"] == "fp32"
+    assert "owner/repo main.py" in m["precision_note"] and "AMP" in m["precision_note"] and "cpu run" in m["precision_note"]
+    assert m["train_config"]["precision"] == "recipe"  # what was asked, beside what ran
+    assert m["batch_per_process"] == run["batch_per_process"] == 8 and m["world_size"] == 1
+
+
 def test_determinism_switch_and_bf16_are_recorded(ucla_h5, tmp_path):
     m = train(cell_files("hcn"), cell_params(ucla_h5, "Recipe.epochs = 1", "TrainConfig.deterministic = True",
                                              "TrainConfig.precision = 'bf16'"), run_dir=tmp_path / "r")
@@ -316,7 +340,7 @@ def test_torchrun_two_processes_on_cpu(ucla_h5, tmp_path):
     run = json.loads((run_dir / "run.json").read_text())
     assert rec["samples"] == (run["train_samples"] // 8) * 8  # global batches of 8, summed over ranks
     assert np.isfinite(rec["loss"]) and rec["contrastive"] > 0
-    assert run["bn_batch"] == 4
+    assert run["batch_per_process"] == m["batch_per_process"] == 4
 
 
 def test_torchrun_resume_after_sigterm_equals_uninterrupted(ucla_h5, tmp_path):
