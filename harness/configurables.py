@@ -272,6 +272,9 @@ class Recipe:
     all gradients is clipped to ``clip_norm_per_sample * batch_size`` (its ``clip *
     batch_size_train``) before each optimiser step; None (the others) does not clip.
 
+    ``drop_last``: the official training loader drops the last, partial batch of an epoch
+    (``DataLoader(drop_last=True)``: CTR-GCN and the families built on it); HCN-pytorch keeps it.
+
     ``amp``: the official trainer trains under ``torch.cuda.amp`` (fp16 autocast + GradScaler) and
     evaluates in fp32 (Hyperformer, BlockGCN, the CSRE code; InfoGCN's Apex O1 likewise).
     ``TrainConfig.precision = 'recipe'`` follows it on CUDA.
@@ -291,6 +294,7 @@ class Recipe:
     test_batch_size: int = 64
     clip_norm_per_sample: float | None = None
     amp: bool = False
+    drop_last: bool = True
     source: str = ""  # where the values come from: "owner/repo path/to/config"
 
     def __post_init__(self) -> None:

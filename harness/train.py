@@ -337,6 +337,7 @@ class Trainer:
         cfg, recipe = self.cfg, self.recipe
         self.train_set.set_epoch(epoch)
         batches = EpochBatches(len(self.train_set), recipe.batch_size, seed=cfg.seed, epoch=epoch, start=start,
+                               drop_last=recipe.drop_last,
                                rank=self.world.rank, world=self.world.size)
         total = batches.num_batches if cfg.max_steps is None else min(batches.num_batches, cfg.max_steps)
         data_loader = loader(self.train_set, recipe.batch_size, num_workers=cfg.num_workers, sampler=batches,

@@ -139,7 +139,7 @@ def test_official_parameter_counts_from_gin():
 
 CTRGCN_NTU = dict(optimizer="sgd", nesterov=True, momentum=0.9, base_lr=0.1, steps=(35, 55), gamma=0.1,
                   lr_decay_type="step", warm_up_epochs=5, epochs=65, batch_size=64, weight_decay=4e-4,
-                  clip_norm_per_sample=None)
+                  clip_norm_per_sample=None, drop_last=True)
 NTU_AUG = dict(window=64, train_p_interval=(0.5, 1.0), test_p_interval=(0.95,), random_rot=0.3, repeat=1,
                spine_relative=False, origin_joint=None)
 UCLA_AUG = dict(window=52, train_p_interval=None, test_p_interval=None, random_rot=None, repeat=5)
@@ -167,7 +167,7 @@ RECIPES = {
     "agcn_ctrgcn_pipeline": ("ntu60_xsub", CTRGCN_NTU, NTU_AUG),
     "hcn": ("ntu60_xsub", dict(optimizer="adam", base_lr=1e-3, lr_decay_type="exp", gamma=0.99, steps=(),
                                warm_up_epochs=0, epochs=400, batch_size=64, weight_decay=1e-4,
-                               clip_norm_per_sample=0.5),
+                               clip_norm_per_sample=0.5, drop_last=False),
             {**NTU_AUG, "random_rot": 0.0, "origin_joint": 2}),
 }
 

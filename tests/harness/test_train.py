@@ -169,6 +169,20 @@ def test_recipe_precision_on_a_cpu_is_fp32_and_says_why(ucla_h5, tmp_path):
     assert m["batch_per_process"] == run["batch_per_process"] == 8 and m["world_size"] == 1
 
 
+def test_the_last_partial_batch_trains_where_the_recipe_keeps_it(ucla_h5, tmp_path):
+    """Recipe.drop_last = False (HCN-pytorch's loader) trains every sample of the epoch, the last
+    batch smaller; the default (CTR-GCN's drop_last=True) drops the remainder."""
+    samples = {}
+    for keep in (False, True):
+        params = cell_params(ucla_h5, "Recipe.epochs = 1", f"Recipe.drop_last = {not keep}")
+        m = train(cell_files("hcn"), params, run_dir=tmp_path / str(keep))
+        run = json.loads((tmp_path / str(keep) / "run.json").read_text())
+        samples[keep] = (m["history"][0]["train"]["samples"], run["train_samples"])
+    (kept, n), (dropped, n2) = samples[True], samples[False]
+    assert n == n2 and n % 8 != 0, "the tiny cell must end in a partial batch for this test to mean anything"
+    assert kept == n and dropped == (n // 8) * 8
+
+
 def test_determinism_switch_and_bf16_are_recorded(ucla_h5, tmp_path):
     m = train(cell_files("hcn"), cell_params(ucla_h5, "Recipe.epochs = 1", "TrainConfig.deterministic = True",
                                              "TrainConfig.precision = 'bf16'"), run_dir=tmp_path / "r")
