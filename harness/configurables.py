@@ -179,11 +179,11 @@ def build_csre(encoder: Any, num_samples: int, labels: Any, **kwargs: Any):
 #: contrastive heads a run can train with (``TrainConfig.head``): name -> how to build it
 HEADS = ("csre", "skeletongcl", "frhead")
 #: what the trainer passes to every head at build time; a head takes the ones it needs
-HEAD_RUNTIME_ARGS = ("input_shape", "seed", "stream")
+HEAD_RUNTIME_ARGS = ("input_shape", "seed", "stream", "benchmark")
 
 
 def _accepted(cls: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The run-time ``kwargs`` that ``cls``'s constructor takes (``stream``: SkeletonGCL only)."""
+    """The run-time ``kwargs`` that ``cls``'s constructor takes (``stream``, ``benchmark``: SkeletonGCL only)."""
     params = inspect.signature(cls.__init__ if isinstance(cls, type) else cls).parameters
     if any(p.kind == p.VAR_KEYWORD for p in params.values()):
         return kwargs
@@ -223,7 +223,7 @@ def register_heads() -> dict[str, Any]:
             _HEAD_IMPORT_ERRORS[name] = f"{type(e).__name__}: {e}"
             continue
         with gin.unlock_config():
-            runtime = [a for a in (*CSRE_RUNTIME_ARGS, "stream") if a in inspect.signature(cls).parameters]
+            runtime = [a for a in (*CSRE_RUNTIME_ARGS, "stream", "benchmark") if a in inspect.signature(cls).parameters]
             _HEAD_WRAPPERS[name] = gin.external_configurable(cls, name=cls_name, module="models", denylist=runtime)
         _HEAD_IMPORT_ERRORS.pop(name, None)
     return dict(_HEAD_WRAPPERS)

@@ -279,7 +279,7 @@ class Trainer:
         if cfg.head_name is not None:
             self.model = build_head(cfg.head_name, self.encoder, len(self.train_set),
                                     torch.as_tensor(self.train_set.labels), input_shape=sample_shape, seed=cfg.seed,
-                                    stream=self.stream)
+                                    stream=self.stream, benchmark=self.benchmark)
         self.model.to(self.device)
         if self.precision == "fp64":  # every floating parameter and buffer (the CSRE banks too)
             self.model.double()

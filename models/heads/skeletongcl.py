@@ -22,8 +22,8 @@ Follows the official code (``OliverHxh/SkeletonGCL``: ``model/ctrgcn.py``, ``mod
    :class:`models.csre.BankContrast`.
 4. **Loss** = CE + ``weight``·L_graph with ``weight = 1`` (official ``main.py``: ``loss + contrast``
    when ``contrast > 0``; an exact zero is added here instead, which is equivalent).
-   ``tau``: 0.8 for the joint stream, 0.5 for bone, joint-motion and bone-motion (the official
-   ``script/*/single_modality/*.sh``); the default is the joint value.
+   ``tau``: the official scripts' value for the cell (``script/*/single_modality/*.sh`` set one per
+   encoder, benchmark and stream: :data:`OFFICIAL_TAU`); main.py's default 0.8 where none is set.
 
 Supported encoders: CTR-GCN (:class:`models.ctrgcn.CTRGCN`) and 2s-AGCN (:class:`models.agcn.AGCN`),
 the two the official code implements. The method needs a *learned, sample-dependent* topology in
@@ -64,16 +64,39 @@ from models.csre import BankContrast, CSREOutput
 from models.ctrgcn import CTRGCN
 from models.encoder import Encoder
 
-__all__ = ["SkeletonGCL", "graph_source", "official_tau", "GRAPH_BLOCK"]
+__all__ = ["DEFAULT_TAU", "OFFICIAL_TAU", "SkeletonGCL", "graph_source", "official_tau", "GRAPH_BLOCK"]
 
 #: the block whose topology is contrasted (the official: the last one)
 GRAPH_BLOCK = "l10"
 SUPPORTED = "CTR-GCN (models.ctrgcn.CTRGCN) and 2s-AGCN (models.agcn.AGCN)"
 
 
-def official_tau(stream: str) -> float:
-    """The official scripts' temperature (``script/*/single_modality/*.sh``): 0.8 joint, 0.5 the other streams."""
-    return 0.8 if stream == "joint" else 0.5
+#: main.py's ``--temperature`` default, which the NW-UCLA scripts (and any cell without a script) get
+DEFAULT_TAU = 0.8
+_STREAM_ORDER = ("joint", "bone", "joint_motion", "bone_motion")
+#: the official scripts' ``--temperature`` per (encoder, benchmark), in the order of
+#: :data:`_STREAM_ORDER` (OliverHxh/SkeletonGCL at cbd78de, ``script/{ctr,agcn}/single_modality/
+#: {ntu,ntu120}_{ctr,agcn}_{xsub,xview,xset}.sh``: one command per stream)
+OFFICIAL_TAU: dict[tuple[str, str], tuple[float, float, float, float]] = {
+    ("ctrgcn", "ntu60_xsub"): (0.8, 0.5, 0.5, 0.5),
+    ("ctrgcn", "ntu60_xview"): (0.8, 0.5, 1.0, 0.8),
+    ("ctrgcn", "ntu120_xsub"): (0.8, 0.5, 0.8, 1.0),
+    ("ctrgcn", "ntu120_xset"): (0.5, 0.5, 0.5, 0.5),
+    ("agcn", "ntu60_xsub"): (0.5, 1.0, 0.5, 1.0),
+    ("agcn", "ntu60_xview"): (0.8, 0.8, 1.0, 0.5),
+    ("agcn", "ntu120_xsub"): (1.0, 1.0, 0.5, 0.5),
+    ("agcn", "ntu120_xset"): (0.8, 0.5, 1.0, 0.5),
+}
+
+
+def official_tau(encoder: str, benchmark: str | None, stream: str) -> float:
+    """The temperature the official scripts train the cell (``encoder``: 'ctrgcn' or 'agcn',
+    ``benchmark``, ``stream``) with; :data:`DEFAULT_TAU` where no script passes one (NW-UCLA, or a
+    benchmark of your own)."""
+    if stream not in _STREAM_ORDER:
+        raise ValueError(f"unknown stream {stream!r}; known: {', '.join(_STREAM_ORDER)}")
+    taus = OFFICIAL_TAU.get((encoder, benchmark))
+    return DEFAULT_TAU if taus is None else taus[_STREAM_ORDER.index(stream)]
 
 
 def graph_source(encoder: Encoder) -> str:
@@ -102,9 +125,9 @@ class SkeletonGCL(BankContrast):
         input_shape: accepted for the trainer's uniform call (CSRE needs it); unused here, the
             graph size comes from the encoder's adjacency (3·V·V).
         dim: projection / bank dimension (256). K_pos, K_hard, K_rand: 128 / 512 / 512.
-        tau: temperature; None (default) = the official scripts' value for ``stream``: 0.8 for the
-            joint stream, 0.5 for bone, joint-motion and bone-motion.
-        stream: the run's stream (``DataConfig.modality``; the trainer passes it), for ``tau=None``.
+        tau: temperature; None (default) = the official scripts' value for the cell
+            (:func:`official_tau`: per encoder, benchmark and stream; 0.8 where no script sets one).
+        stream, benchmark: the run's stream and benchmark (the trainer passes them), for ``tau=None``.
         weight: weight of the graph term (official 1).
         pos_strategy, neg_strategy: as :class:`~models.csre.BankContrast` (official "H" / "R+H").
         seed: seed of the random-negative generator (use the run seed).
@@ -114,7 +137,8 @@ class SkeletonGCL(BankContrast):
 
     def __init__(self, encoder: Encoder, num_samples: int, labels: Tensor | Sequence[int], *,
                  input_shape: Sequence[int] | None = None, dim: int = 256, K_pos: int = 128, K_hard: int = 512,
-                 K_rand: int = 512, tau: float | None = None, stream: str = "joint", weight: float = 1.0,
+                 K_rand: int = 512, tau: float | None = None, stream: str = "joint", benchmark: str | None = None,
+                 weight: float = 1.0,
                  pos_strategy: str = "H",
                  neg_strategy: str = "R+H", seed: int = 0, capacity: int | None = None,
                  small_classes: str = "error", train_projection: bool = False) -> None:
@@ -122,7 +146,7 @@ class SkeletonGCL(BankContrast):
         if input_shape is not None and len(tuple(input_shape)) != 4:
             raise ValueError(f"input_shape must be (C, T, V, M), got {tuple(input_shape)!r}")
         if tau is None:
-            tau = official_tau(stream)
+            tau = official_tau(source, benchmark, stream)
         # the bank machinery draws no random numbers, so ``trans`` below takes the same ones as the
         # official InfoNCEGraph built right after the model
         super().__init__(encoder, num_samples, labels, ("graph",), dim=dim, K_pos=K_pos, K_hard=K_hard,

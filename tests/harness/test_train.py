@@ -470,11 +470,17 @@ def test_gradient_clipping_bounds_every_step(ucla_h5, tmp_path, monkeypatch, pre
     assert calls == []  # the NW-UCLA stand-in recipe does not clip
 
 
-@pytest.mark.parametrize("stream, bound, tau", [("bone", None, 0.5), ("joint", None, 0.8), ("bone", 0.8, 0.8)])
-def test_skeletongcl_gets_the_official_temperature_of_its_stream(ucla_h5, tmp_path, stream, bound, tau):
-    """The trainer passes the stream: a plain `harness train` on bone gets 0.5 as the official scripts."""
+@pytest.mark.parametrize("benchmark, stream, bound, tau", [
+    ("ntu120_xsub", "bone_motion", None, 1.0), ("ntu120_xset", "joint", None, 0.5),  # official scripts
+    (None, "bone", None, 0.8),  # NW-UCLA (the cell's own benchmark): main.py's default
+    ("ntu120_xsub", "bone", 0.7, 0.7)])  # a bound value wins
+def test_skeletongcl_gets_the_official_temperature_of_its_cell(ucla_h5, tmp_path, benchmark, stream, bound, tau):
+    """The trainer passes the benchmark and the stream: a plain `harness train` gets the official
+    scripts' value of its cell (the benchmark is rebound here to reach the NTU entries with the
+    NW-UCLA data)."""
     from harness.configurables import parse_gin
     extra = [f"DataConfig.modality = '{stream}'"] + ([f"models.SkeletonGCL.tau = {bound}"] if bound else [])
+    extra += [f"TrainConfig.benchmark = '{benchmark}'"] if benchmark else []
     parse_gin(cell_files("ctrgcn") + ["gin/heads/skeletongcl.gin"],
               cell_params(ucla_h5, "TrainConfig.head = 'skeletongcl'", "models.SkeletonGCL.K_pos = 2",
                           "models.SkeletonGCL.K_hard = 8", "models.SkeletonGCL.K_rand = 8", *extra))

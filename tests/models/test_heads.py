@@ -101,14 +101,41 @@ def test_registry_and_interface_are_uniform() -> None:
         assert {"input_shape", "seed"} <= {p.name for p in params}  # what the trainer passes
 
 
-def test_skeletongcl_temperature_follows_the_stream_unless_given() -> None:
-    enc = make_encoder("ctrgcn")
+#: --temperature of each command in OliverHxh/SkeletonGCL script/<family>/single_modality/<file>.sh
+#: (cbd78de), streams in the order joint, bone, joint_motion, bone_motion
+OFFICIAL_SCRIPTS = {
+    ("ctrgcn", "ntu60_xsub"): ("ctr/single_modality/ntu_ctr_xsub.sh", (0.8, 0.5, 0.5, 0.5)),
+    ("ctrgcn", "ntu60_xview"): ("ctr/single_modality/ntu_ctr_xview.sh", (0.8, 0.5, 1.0, 0.8)),
+    ("ctrgcn", "ntu120_xsub"): ("ctr/single_modality/ntu120_ctr_xsub.sh", (0.8, 0.5, 0.8, 1.0)),
+    ("ctrgcn", "ntu120_xset"): ("ctr/single_modality/ntu120_ctr_xset.sh", (0.5, 0.5, 0.5, 0.5)),
+    ("agcn", "ntu60_xsub"): ("agcn/single_modality/ntu_agcn_xsub.sh", (0.5, 1.0, 0.5, 1.0)),
+    ("agcn", "ntu60_xview"): ("agcn/single_modality/ntu_agcn_xview.sh", (0.8, 0.8, 1.0, 0.5)),
+    ("agcn", "ntu120_xsub"): ("agcn/single_modality/ntu120_agcn_xsub.sh", (1.0, 1.0, 0.5, 0.5)),
+    ("agcn", "ntu120_xset"): ("agcn/single_modality/ntu120_agcn_xset.sh", (0.8, 0.5, 1.0, 0.5)),
+    # the NW-UCLA scripts pass no --temperature: main.py's default 0.8
+    ("ctrgcn", "ucla"): ("ctr/single_modality/ucla_agcn.sh", (0.8, 0.8, 0.8, 0.8)),
+    ("agcn", "ucla"): ("agcn/single_modality/ucla_agcn.sh", (0.8, 0.8, 0.8, 0.8)),
+}
+
+
+@pytest.mark.parametrize("encoder, benchmark", sorted(OFFICIAL_SCRIPTS))
+def test_skeletongcl_temperature_is_the_official_scripts_per_cell(encoder, benchmark) -> None:
+    enc = make_encoder(encoder)
     labels = toy_labels(3)
     kw = dict(K_pos=2, K_hard=4, K_rand=4)
-    assert SkeletonGCL(enc, 30, labels, **kw).tau == 0.8  # joint stream
-    for stream in ("bone", "joint_motion", "bone_motion"):
-        assert SkeletonGCL(enc, 30, labels, stream=stream, **kw).tau == 0.5
-    assert SkeletonGCL(enc, 30, labels, stream="bone", tau=0.7, **kw).tau == 0.7
+    script, taus = OFFICIAL_SCRIPTS[encoder, benchmark]
+    for stream, tau in zip(("joint", "bone", "joint_motion", "bone_motion"), taus):
+        got = SkeletonGCL(enc, 30, labels, stream=stream, benchmark=benchmark, **kw).tau
+        assert got == tau, f"{encoder} {benchmark} {stream}: tau {got}, official {tau} (script/{script})"
+    assert SkeletonGCL(enc, 30, labels, stream="bone", benchmark=benchmark, tau=0.7, **kw).tau == 0.7  # a bound value wins
+
+
+def test_skeletongcl_temperature_without_a_script_is_main_py_default() -> None:
+    enc, labels, kw = make_encoder("ctrgcn"), toy_labels(3), dict(K_pos=2, K_hard=4, K_rand=4)
+    assert SkeletonGCL(enc, 30, labels, **kw).tau == 0.8  # no benchmark given
+    assert SkeletonGCL(enc, 30, labels, stream="bone", benchmark="my_dataset", **kw).tau == 0.8
+    with pytest.raises(ValueError, match="unknown stream 'depth'"):
+        SkeletonGCL(enc, 30, labels, stream="depth", **kw)
 
 
 def test_skeletongcl_validates_like_csre() -> None:
