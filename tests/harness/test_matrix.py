@@ -102,6 +102,24 @@ def test_paper_cells_train_as_the_official_trainers(benchmark, encoder):
             gin.clear_config()
 
 
+def test_tau_grid_adds_the_papers_other_temperatures_to_every_csre_cell(tmp_path):
+    cells = expand("ucla", encoders=["ctrgcn"], streams=["joint", "bone"], heads=["skeletongcl"], root=tmp_path,
+                   tau_grid_cells=True)
+    assert [c.name for c in cells if c.stream == "joint"] == [
+        "ucla/ctrgcn/joint/base/seed1", "ucla/ctrgcn/joint/csre/seed1", "ucla/ctrgcn/joint/csre-tau0.5/seed1",
+        "ucla/ctrgcn/joint/csre-tau1.0/seed1", "ucla/ctrgcn/joint/skeletongcl/seed1"]
+    taus = {}
+    for c in cells:
+        if c.csre:
+            parse_gin(c.gin_files, c.gin_params)
+            try:
+                taus[c.arm] = gin.query_parameter("models.CSRE.tau")
+            finally:
+                gin.clear_config()
+    assert taus == {"csre": 0.8, "csre-tau0.5": 0.5, "csre-tau1.0": 1.0}
+    assert len(expand("ucla", encoders=["ctrgcn"], streams=["joint"], root=tmp_path)) == 2  # off by default
+
+
 @pytest.mark.parametrize("kw, what", [({"encoders": []}, "encoders"), ({"streams": []}, "streams"),
                                       ({"seeds": []}, "seeds"), ({"csre": ()}, "arms")])
 def test_an_empty_matrix_is_an_error(tmp_path, kw, what):
