@@ -50,8 +50,8 @@ from harness.constants import ENSEMBLES, STREAMS
 from harness.io import Scores, load_scores, read_json, write_json
 from harness.metrics import topk_accuracy
 
-__all__ = ["ENSEMBLES", "GROUP_KEYS", "STREAMS", "Run", "Published", "Tuned", "align_scores", "combine",
-           "configure_parser", "ensemble_report", "evaluate_group", "format_markdown", "group_runs",
+__all__ = ["ENSEMBLES", "GROUP_KEYS", "SHORT_PROFILE_CALLS", "STREAMS", "Run", "Published", "Tuned", "align_scores",
+           "combine", "configure_parser", "ensemble_report", "evaluate_group", "format_markdown", "group_runs",
            "load_run", "published_weights", "run", "tune_weights"]
 
 GROUP_KEYS = ("benchmark", "encoder", "csre", "arm", "seed", "profile")
@@ -60,6 +60,9 @@ _SHORT = {"joint": "J", "bone": "B", "joint_motion": "JM", "bone_motion": "BM"}
 TUNE_BOUNDS = (0.2, 1.2)  # the official CSRE search box, per weight
 TUNE_CALLS = 200  # the official gp_minimize budget
 TUNE_SEED = 0  # the official random_state
+#: the budget the matrix gives the searches of shortened profiles (quick, ci): their numbers are never
+#: compared with the paper, and 200 calls would cost minutes per ensemble of a tiny CI cell
+SHORT_PROFILE_CALLS = 20
 TUNER_DESCRIPTION = ("skopt.gp_minimize of -top-1 over the box, as the official CSRE ensemble.py "
                      "(n_calls, random_state as given; 10 initial points, fewer when n_calls is smaller)")
 

@@ -1277,7 +1277,8 @@ def check(run_dirs: Sequence[str | Path], ensembles: str | Path | Mapping[str, A
                                "those scores with weights tuned on the test labels (gp_minimize, as CSRE's "
                                "ensemble.py)",
                       "honest": "last epoch (metrics.json last, scores_test.npz); ensembles with the published "
-                                "fixed weights, or weights tuned on a held-out validation part where every run has one"},
+                                "fixed weights, or weights tuned on a held-out validation part where every run "
+                                "has one"},
         "ensembles_source": source if ensembles is not None else None,
         "bootstrap": {"resamples": resamples, "confidence": confidence, "seed": seed,
                       "interval": "percentile, over test samples, seeds paired and averaged"},
@@ -1336,8 +1337,8 @@ def format_markdown(report: Mapping[str, Any], *, only_data: bool = False) -> st
         entries = [e for e in t["entries"] if not (only_data and e["ours"] is None and "gain_vs_base" not in e)]
         lines += [f"## {t['id']}", "", t["caption"], ""]
         if entries:
-            lines += ["| row | column | ours: cell | profile | paper | ours, paper protocol | delta | honest | optimism "
-                      "| verdict | note |",
+            lines += ["| row | column | ours: cell | profile | paper | ours, paper protocol | delta | honest "
+                      "| optimism | verdict | note |",
                       "|---|---|---|---|---|---|---|---|---|---|---|"]
         for e in entries:
             delta = _f(e["delta"], signed=True)

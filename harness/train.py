@@ -33,8 +33,9 @@ Departures from the official trainers (each is an option or documented):
 * precision is fp32 by default (the CSRE/Hyperformer code always runs AMP): ``precision='fp16'``
   (autocast + GradScaler) or ``'bf16'`` (autocast); ``'recipe'`` (the ``paper`` profile) is the
   official trainer's: fp16 + GradScaler where ``Recipe.amp`` says it trained under AMP, evaluation
-  in fp32, fp32 for the others, and fp32 on a CPU (recorded as such, with the reason); ``'fp64'`` runs parameters, inputs and
-  losses in float64 (the CI regression cells: float32 results move with the CPU's kernels);
+  in fp32, fp32 for the others, and fp32 on a CPU (recorded as such, with the reason);
+  ``'fp64'`` runs parameters, inputs and losses in float64 (the CI regression cells: float32
+  results move with the CPU's kernels);
 * the validation split (``val_fraction``, default 5 %) is held out of training; ``0`` trains on
   the whole training part as the official code does (then there is no validation selection);
 * the headline is the last epoch; the official scripts report the best test epoch;
