@@ -1334,7 +1334,8 @@ def format_markdown(report: Mapping[str, Any], *, only_data: bool = False) -> st
              f"({report['bootstrap']['resamples']} resamples, {100 * report['bootstrap']['confidence']:g} % CI, "
              f"seed {report['bootstrap']['seed']}) of CSRE - base.", ""]
     for t in report["tables"]:
-        entries = [e for e in t["entries"] if not (only_data and e["ours"] is None and "gain_vs_base" not in e)]
+        entries = [e for e in t["entries"] if not (only_data and e["ours"] is None and "gain_vs_base" not in e
+                                                   and not (e.get("protocols") or {}).get("honest"))]
         lines += [f"## {t['id']}", "", t["caption"], ""]
         if entries:
             lines += ["| row | column | ours: cell | profile | paper | ours, paper protocol | delta | honest "
