@@ -249,7 +249,13 @@ def test_parallel_shard_workers_run_every_cell_exactly_once(ucla_h5, tmp_path, o
                 "--gin_param", "TrainConfig.dvclive = False"]
         procs = [subprocess.Popen(base + ["--shard", s], cwd=REPO, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True) for s in shards]
-        outs = [p.communicate(timeout=300)[0] for p in procs]
+        try:
+            outs = [p.communicate(timeout=300)[0] for p in procs]
+        finally:  # a timed-out worker must not outlive the test (it would load the machine for the rest)
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.communicate()
         assert [p.returncode for p in procs] == [0] * len(procs), outs
         return outs
 
