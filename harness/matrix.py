@@ -349,8 +349,9 @@ def summarize(cells: Sequence[Cell], out_dir: Path, *, echo=print) -> dict:
     """Ensembles and the paper comparison of the finished cells, written to ``out_dir``.
 
     The weight searches use the official budget (200 gp_minimize calls: 197 s for a 4S ensemble of
-    NTU120 X-Sub's 50,919 test samples on a 2-core CPU machine) for ``paper``-profile cells, and :data:`harness.ensemble.SHORT_PROFILE_CALLS` for the
-    shortened profiles, whose numbers are never compared with the paper (the report records it).
+    NTU120 X-Sub's 50,919 test samples on a 2-core CPU machine) for ``paper``-profile cells, and
+    :data:`harness.ensemble.SHORT_PROFILE_CALLS` for the shortened profiles, whose numbers are
+    never compared with the paper (the report records it).
     """
     from harness.ensemble import SHORT_PROFILE_CALLS, TUNE_CALLS, ensemble_report, format_markdown as ensemble_md
     from harness.io import write_json, write_text
