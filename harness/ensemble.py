@@ -342,38 +342,28 @@ def _evaluate_ensemble(name: str, runs: Mapping[str, Run], cell: Mapping[str, An
                          "weights_source": pub.source, "tuned_on": None,
                          "test": _accuracy(combine(logits, pub.weights), labels)}
 
-    no_val = [r for r in members if r.val is None]
-    if no_val:
-        sets["val"] = _unavailable(WEIGHT_SET_LABELS["val"], "no scores_val.npz (validation split disabled) in: "
-                                   + ", ".join(f"{r.stream} ({r.run_dir})" for r in no_val))
-    else:
-        v_logits, v_labels, _ = align_scores([r.val for r in members], [f"{r.run_dir} (val)" for r in members])
-        t = tune_weights(v_logits, v_labels, n_calls=n_calls, bounds=bounds, seed=seed)
-        sets["val"] = {"available": True, "label": WEIGHT_SET_LABELS["val"], "weights": list(t.weights),
-                       "weights_source": "tuned on scores_val.npz", "tuned_on": "val",
-                       "val": _accuracy(combine(v_logits, t.weights), v_labels),
-                       "test": _accuracy(combine(logits, t.weights), labels),
-                       "evaluations": t.evaluations, "tuner": tuner}
+    def tuned(key: str, part: str, missing: str, source: str, **extra: Any) -> dict:
+        """The weight set ``key`` tuned on every member's ``part`` scores (``val``, ``best`` or ``test``)."""
+        absent = [r for r in members if getattr(r, part) is None]
+        if absent:
+            return _unavailable(WEIGHT_SET_LABELS[key], f"{missing} in: "
+                                + ", ".join(f"{r.stream} ({r.run_dir})" for r in absent))
+        t_logits, t_labels, _ = align_scores([getattr(r, part) for r in members],
+                                             [f"{r.run_dir} ({part})" for r in members])
+        t = tune_weights(t_logits, t_labels, n_calls=n_calls, bounds=bounds, seed=seed)
+        on_tuning = _accuracy(combine(t_logits, t.weights), t_labels)
+        scored = ({"val": on_tuning, "test": _accuracy(combine(logits, t.weights), labels)} if part == "val"
+                  else {"test": on_tuning})  # the best-epoch and test sets are scored where they were tuned
+        return {"available": True, "label": WEIGHT_SET_LABELS[key], "weights": list(t.weights),
+                "weights_source": source, "tuned_on": "val" if part == "val" else "test", **extra, **scored,
+                "evaluations": t.evaluations, "tuner": tuner}
 
-    no_best = [r for r in members if r.best is None]
-    if no_best:
-        sets["paper"] = _unavailable(WEIGHT_SET_LABELS["paper"], "no scores_test_best.npz in: "
-                                     + ", ".join(f"{r.stream} ({r.run_dir})" for r in no_best))
-    else:
-        b_logits, b_labels, _ = align_scores([r.best for r in members], [f"{r.run_dir} (best epoch)" for r in members])
-        t = tune_weights(b_logits, b_labels, n_calls=n_calls, bounds=bounds, seed=seed)
-        sets["paper"] = {"available": True, "label": WEIGHT_SET_LABELS["paper"], "weights": list(t.weights),
-                         "weights_source": "tuned on scores_test_best.npz, as the official CSRE ensemble.py does "
-                                           "on the best-epoch score files", "tuned_on": "test",
-                         "epochs": {r.stream: int(r.best.epoch) for r in members},
-                         "test": _accuracy(combine(b_logits, t.weights), b_labels),
-                         "evaluations": t.evaluations, "tuner": tuner}
-
-    t = tune_weights(logits, labels, n_calls=n_calls, bounds=bounds, seed=seed)
-    sets["test_tuned"] = {"available": True, "label": WEIGHT_SET_LABELS["test_tuned"], "weights": list(t.weights),
-                          "weights_source": "tuned on scores_test.npz, as the official CSRE code does",
-                          "tuned_on": "test", "test": _accuracy(combine(logits, t.weights), labels),
-                          "evaluations": t.evaluations, "tuner": tuner}
+    sets["val"] = tuned("val", "val", "no scores_val.npz (validation split disabled)", "tuned on scores_val.npz")
+    sets["paper"] = tuned("paper", "best", "no scores_test_best.npz",
+                          "tuned on scores_test_best.npz, as the official CSRE ensemble.py does on the best-epoch "
+                          "score files", epochs={r.stream: int(r.best.epoch) for r in members if r.best is not None})
+    sets["test_tuned"] = tuned("test_tuned", "test", "no scores_test.npz",
+                               "tuned on scores_test.npz, as the official CSRE code does")
     return {**out, "available": True, "missing": [], "n_test": int(labels.shape[0]), "weight_sets": sets}
 
 
