@@ -40,26 +40,22 @@ def tests(session: nox.Session) -> None:
         reference_cpu2(session)
 
 
-def _reference_dir() -> Path:
-    """The fixtures the tests read (tests/conftest.py's rule: $CSRE_REFERENCE_DIR or ../shared/reference)."""
-    return Path(os.environ.get("CSRE_REFERENCE_DIR", Path(__file__).resolve().parent.parent / "shared" / "reference"))
-
-
 @nox.session
 def reference_cpu2(session: nox.Session) -> None:
     """The reference tests on a copy of the fixtures whose encoders/ comes from another kind of CPU
     ($CSRE_REFERENCE_CPU2_DIR, default ../shared/reference-cpu2: the same official code run on an
     AVX2-only machine). The copy is a temporary folder of links; nothing of ../shared is committed."""
     import tempfile
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from tests.conftest import SHARED, reference_dir  # the tests' own rule for where fixtures live
     explicit = "CSRE_REFERENCE_CPU2_DIR" in os.environ
-    cpu2 = Path(os.environ.get("CSRE_REFERENCE_CPU2_DIR", Path(__file__).resolve().parent.parent / "shared"
-                               / "reference-cpu2"))
+    cpu2 = Path(os.environ.get("CSRE_REFERENCE_CPU2_DIR", SHARED / "reference-cpu2"))
     if not (cpu2 / "encoders").is_dir():
         if explicit:
             session.error(f"CSRE_REFERENCE_CPU2_DIR={cpu2}: no encoders/ folder there")
         session.log(f"skipped: no second-CPU fixtures at {cpu2 / 'encoders'}")
         return
-    base = _reference_dir()
+    base = reference_dir()
     with tempfile.TemporaryDirectory(prefix="csre-reference-cpu2-") as tmp:
         for family in sorted(p for p in base.iterdir() if p.is_dir() and p.name != "encoders"):
             (Path(tmp) / family.name).symlink_to(family.resolve(), target_is_directory=True)

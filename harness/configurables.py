@@ -179,7 +179,9 @@ def build_csre(encoder: Any, num_samples: int, labels: Any, **kwargs: Any):
 #: contrastive heads a run can train with (``TrainConfig.head``): name -> how to build it
 HEADS = ("csre", "skeletongcl", "frhead")
 #: what the trainer passes to every head at build time; a head takes the ones it needs
-HEAD_RUNTIME_ARGS = ("input_shape", "seed", "stream", "benchmark")
+#: the run's own facts that a head may take (SkeletonGCL's temperature depends on them): never bound in gin
+RUN_CONTEXT_ARGS = ("stream", "benchmark")
+HEAD_RUNTIME_ARGS = ("input_shape", "seed", *RUN_CONTEXT_ARGS)
 
 
 def _accepted(cls: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -223,7 +225,7 @@ def register_heads() -> dict[str, Any]:
             _HEAD_IMPORT_ERRORS[name] = f"{type(e).__name__}: {e}"
             continue
         with gin.unlock_config():
-            runtime = [a for a in (*CSRE_RUNTIME_ARGS, "stream", "benchmark") if a in inspect.signature(cls).parameters]
+            runtime = [a for a in (*CSRE_RUNTIME_ARGS, *RUN_CONTEXT_ARGS) if a in inspect.signature(cls).parameters]
             _HEAD_WRAPPERS[name] = gin.external_configurable(cls, name=cls_name, module="models", denylist=runtime)
         _HEAD_IMPORT_ERRORS.pop(name, None)
     return dict(_HEAD_WRAPPERS)

@@ -47,7 +47,7 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from harness.constants import ENSEMBLES, STREAMS
-from harness.io import Scores, load_scores, read_json, write_json
+from harness.io import Scores, load_scores, read_json, score_file, write_json
 from harness.metrics import topk_accuracy
 
 __all__ = ["ENSEMBLES", "GROUP_KEYS", "SHORT_PROFILE_CALLS", "STREAMS", "Run", "Published", "Tuned", "align_scores",
@@ -135,7 +135,7 @@ def load_run(run_dir: str | Path) -> Run:
             raise FileNotFoundError(f"{run_dir}: not a finished run directory (no {path.name})")
     doc = read_json(metrics)
     cell = _check_cell(doc.get("cell") if isinstance(doc, dict) else None, metrics)
-    val_path, best_path = run_dir / "scores_val.npz", run_dir / "scores_test_best.npz"
+    val_path, best_path = run_dir / score_file("val"), run_dir / score_file("test", best=True)
     val = load_scores(val_path) if val_path.is_file() else None
     best = load_scores(best_path) if best_path.is_file() else None
     return Run(run_dir, cell, load_scores(test), val, best)
@@ -427,10 +427,15 @@ def format_markdown(report: Mapping[str, Any]) -> str:
                 if not ws["available"]:
                     lines.append(f"| {name} | {ws['label']} | - | - | unavailable: {ws['reason']} |")
                     continue
-                note = {"published": ws["weights_source"],
-                        "val": f"val top-1 {_pct(ws['val']['top1'])}" if key == "val" else "",
-                        "paper": "best test epochs " + ", ".join(f"{s} {ep}" for s, ep in ws.get("epochs", {}).items())
-                                 + " (0-based), tuned on the test set itself"}.get(key, "tuned on the test set itself")
+                if key == "published":
+                    note = ws["weights_source"]
+                elif key == "val":
+                    note = f"val top-1 {_pct(ws['val']['top1'])}"
+                elif key == "paper":
+                    epochs = ", ".join(f"{s} {ep}" for s, ep in ws["epochs"].items())
+                    note = f"best test epochs {epochs} (0-based), tuned on the test set itself"
+                else:
+                    note = "tuned on the test set itself"
                 lines.append(f"| {name} | {ws['label']}: {_fmt_weights(e['streams'], ws['weights'])} | "
                              f"{_pct(ws['test']['top1'])} | {_pct(ws['test']['top5'])} | {note} |")
         lines.append("")

@@ -27,8 +27,8 @@ from typing import Any, Iterator, NamedTuple
 
 import numpy as np
 
-__all__ = ["Scores", "atomic_path", "load_scores", "read_json", "save_scores", "write_bytes", "write_json",
-           "write_text"]
+__all__ = ["Scores", "atomic_path", "load_scores", "read_json", "save_scores", "score_file", "write_bytes",
+           "write_json", "write_text"]
 
 
 @contextmanager
@@ -89,6 +89,11 @@ class Scores(NamedTuple):
     labels: np.ndarray  #: (N,) int64
     names: np.ndarray  #: (N,) str sample names
     epoch: int  #: 0-based epoch the logits come from
+
+
+def score_file(part: str, best: bool = False) -> str:
+    """The name of a run's score file of ``part`` (``test``, ``val``): the last epoch, or ``best``."""
+    return f"scores_{part}_best.npz" if best else f"scores_{part}.npz"
 
 
 def save_scores(path: str | os.PathLike, scores: Scores, *, official_pickle: str | os.PathLike | None = None) -> None:

@@ -164,21 +164,19 @@ def default_root(profile: str) -> Path:
     return REPO / "runs" if profile == "paper" else REPO / "runs" / profile
 
 
-def _gin_value(path: Path, name: str) -> Any:
-    """The literal bound to ``name`` (a macro or ``configurable.param``) on its own line of a gin file."""
-    import ast
-    import re
-    match = re.search(rf"^{re.escape(name)}\s*=\s*(.+?)\s*(#.*)?$", path.read_text(), re.MULTILINE)
-    if match is None:
-        raise ValueError(f"{path}: no line binding {name}")
-    return ast.literal_eval(match.group(1))
-
-
 def tau_grid() -> tuple[list[float], float]:
-    """(the paper's temperature grid, the released code's tau): ``CSRE_TAU_GRID`` of
-    gin/csre/tau_grid.gin and ``models.CSRE.tau`` of gin/csre.gin."""
-    grid = [float(v) for v in _gin_value(REPO / "gin" / "csre" / "tau_grid.gin", "CSRE_TAU_GRID")]
-    return grid, float(_gin_value(REPO / "gin" / "csre.gin", "models.CSRE.tau"))
+    """(the paper's temperature grid, the released code's tau): the macro ``CSRE_TAU_GRID`` of
+    gin/csre/tau_grid.gin, read with gin's own parser (no global gin state), and the checker's
+    default CSRE setting (``harness.paper.DEFAULT_SETTING``, which equals gin/csre.gin; a test holds it)."""
+    from gin import config, config_parser
+    from harness.paper import DEFAULT_SETTING
+    path = REPO / "gin" / "csre" / "tau_grid.gin"
+    statements = config_parser.ConfigParser(path.read_text(), config.ParserDelegate(skip_unknown=True))
+    grid = [s.value for s in statements if isinstance(s, config_parser.BindingStatement)
+            and s.selector == "CSRE_TAU_GRID"]
+    if not grid:
+        raise ValueError(f"{path}: no CSRE_TAU_GRID macro")
+    return [float(v) for v in grid[-1]], float(DEFAULT_SETTING["tau"])
 
 
 def expand(benchmark: str, *, encoders: Iterable[str] = ENCODERS, streams: Iterable[str] = STREAMS,

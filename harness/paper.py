@@ -105,7 +105,7 @@ from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from harness.constants import ENSEMBLES
-from harness.io import Scores, load_scores, read_json, write_json, write_text
+from harness.io import Scores, load_scores, read_json, score_file, write_json, write_text
 from harness.metrics import mean_std
 
 REPO = Path(__file__).resolve().parents[1]  # (not from harness.configurables: keeps the checker free of torch)
@@ -736,7 +736,7 @@ class RunInfo:
     def scores(self, protocol: str = "honest") -> Scores:
         """The test scores of ``protocol`` (honest: the last epoch's ``scores_test.npz``; paper: the best
         test epoch's ``scores_test_best.npz``), read on demand and not kept (hundreds of NTU runs would not fit)."""
-        return load_scores(self.run_dir / ("scores_test_best.npz" if protocol == "paper" else "scores_test.npz"))
+        return load_scores(self.run_dir / score_file("test", best=protocol == "paper"))
 
     def record(self, protocol: str) -> dict | None:
         """The test metrics of ``protocol``'s epoch (None: the run has no best-epoch record)."""
@@ -972,8 +972,7 @@ class _Checker:
             r = chosen[1] if chosen else self.runs.get(t.key).get(profile, {}).get(seed)
             if r is None:
                 return None
-            name = "scores_test_best.npz" if protocol == "paper" else "scores_test.npz"
-            return (*_correct(r, protocol), str(r.run_dir / name))
+            return (*_correct(r, protocol), str(r.run_dir / score_file("test", best=protocol == "paper")))
         from harness.ensemble import align_scores, combine, published_weights
         members = []
         for s in ENSEMBLES[t.stream]:

@@ -70,7 +70,7 @@ from harness.batches import EpochBatches, epoch_generator, per_class_subset, str
 from harness.configurables import REPO, CrossEntropyLoss, DataConfig, Recipe, build_encoder, build_head, parse_gin
 from harness.distributed import World, all_reduce_sum, barrier, setup, teardown
 from harness.evaluate import PRECISIONS, autocast, loader, parameter_dtype, predict, resolve_device
-from harness.io import Scores, atomic_path, save_scores, write_json, write_text
+from harness.io import Scores, atomic_path, save_scores, score_file, write_json, write_text
 from harness.signals import SignalCatcher
 from models.encoder import at_least_float32
 
@@ -250,6 +250,7 @@ class Trainer:
         self.determinism = set_determinism(self.cfg.deterministic)
         self.precision, self.eval_precision, self.precision_note = resolve_precision(
             self.cfg.precision, self.recipe, self.device)
+        self.dtype = parameter_dtype(self.precision)  # of the parameters, banks and inputs
         seed_everything(self.cfg.seed)
         self._build()
 
@@ -282,8 +283,8 @@ class Trainer:
                                     torch.as_tensor(self.train_set.labels), input_shape=sample_shape, seed=cfg.seed,
                                     stream=self.stream, benchmark=self.benchmark)
         self.model.to(self.device)
-        if self.precision == "fp64":  # every floating parameter and buffer (the CSRE banks too)
-            self.model.double()
+        if self.dtype != torch.float32:  # fp64: every floating parameter and buffer (the CSRE banks too)
+            self.model.to(self.dtype)
         self.criterion = CrossEntropyLoss()
         self.optimizer = self.recipe.make_optimizer(self.model.parameters())
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
@@ -317,15 +318,20 @@ class Trainer:
             "cell": self.cell, "argv": sys.argv, "gin_files": self.gin_files, "gin_params": self.gin_params,
             "git": _git_sha(), "python": platform.python_version(), "torch": torch.__version__,
             "numpy": np.__version__, "gin": getattr(gin, "__version__", None), "platform": platform.platform(),
-            "device": str(self.device), "world_size": self.world.size,
+            "device": str(self.device),
             "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor(),
             "data_file": str(self.data.resolve_path()), "sample_shape": list(self.sample_shape),
             "train_samples": len(self.train_set), "train_distinct": int(self.train_set.num_samples),
             "val_samples": 0 if self.val_set is None else len(self.val_set), "test_samples": len(self.test_set),
             "val_positions": self.val_positions.tolist(), "parameters": params, "encoder_parameters": enc_params,
-            "batch_per_process": self.recipe.batch_size // self.world.size,  # BatchNorm's batch
-            "precision": self.precision, "eval_precision": self.eval_precision, "precision_note": self.precision_note,
+            **self._how_it_ran(),
         })
+
+    def _how_it_ran(self) -> dict[str, Any]:
+        """Precision and process layout, recorded in run.json and metrics.json alike."""
+        return {"precision": self.precision, "eval_precision": self.eval_precision,
+                "precision_note": self.precision_note, "world_size": self.world.size,
+                "batch_per_process": self.recipe.batch_size // self.world.size}  # BatchNorm's batch
 
     def _fingerprint(self) -> str:
         return gin.config_str()
@@ -354,7 +360,7 @@ class Trainer:
             for x, y, index in data_loader:
                 if step >= total:
                     break
-                x = x.to(self.device, parameter_dtype(self.precision))
+                x = x.to(self.device, self.dtype)
                 y, index = y.to(self.device), index.to(self.device)
                 self.optimizer.zero_grad(set_to_none=True)
                 with autocast(self.device, self.precision):
@@ -573,9 +579,9 @@ class Trainer:
                 np.savez(f, features=self._test_features, labels=preds["test"][1], names=names, epoch=np.int64(epoch))
         for part, (logits, labels) in preds.items():
             names = np.asarray(feeders[part].sample_names).astype(str)
-            save_scores(self.run_dir / f"scores_{part}.npz", Scores(logits, labels, names, epoch),
+            save_scores(self.run_dir / score_file(part), Scores(logits, labels, names, epoch),
                         official_pickle=self.run_dir / f"scores_{part}.pkl" if part == "test" else None)
-            b, path = best[part], self.run_dir / f"scores_{part}_best.npz"
+            b, path = best[part], self.run_dir / score_file(part, best=True)
             if b["epoch"] == epoch or not path.exists():  # unchanged since the best epoch wrote it
                 save_scores(path, Scores(b["logits"], b["labels"], names, b["epoch"]))
 
@@ -598,9 +604,7 @@ class Trainer:
             "best_on_val": at("val"),
             "best_on_test": at("test"),  # the official code's selection: optimistic, labelled
             "recipe": self.recipe.to_dict(), "data": self.data.to_dict(),
-            "train_config": self.cfg.to_dict(), "precision": self.precision, "eval_precision": self.eval_precision,
-            "precision_note": self.precision_note, "determinism": self.determinism,
-            "world_size": self.world.size, "batch_per_process": self.recipe.batch_size // self.world.size,
+            "train_config": self.cfg.to_dict(), **self._how_it_ran(), "determinism": self.determinism,
             "device": str(self.device),
             "cost": {"seconds_per_epoch": float(np.mean(train_secs)) if train_secs else None,
                      "eval_seconds_per_epoch": float(np.mean([c["eval_seconds"] for c in cost])) if cost else None,

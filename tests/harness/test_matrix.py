@@ -12,6 +12,7 @@ import pytest
 
 from harness.configurables import Recipe, build_encoder, parse_gin
 from harness.constants import STREAMS
+from harness.ensemble import SHORT_PROFILE_CALLS
 from harness.matrix import Cell, cell_gin_files, check_data, expand, run_matrix, summarize
 from harness.train import TrainConfig
 from tests.conftest import REPO
@@ -165,6 +166,7 @@ def test_matrix_runs_skips_finished_cells_and_reports_failures(ucla_h5, tmp_path
     summary = summarize(cells, tmp_path / "ucla", echo=lines.append)
     report = json.loads((tmp_path / "ucla" / "ensembles.json").read_text())
     assert summary["finished"] == 2 and report["groups"]
+    assert report["tuner"]["n_calls"] == SHORT_PROFILE_CALLS  # a shortened profile: not the official 200
 
 
 def test_matrix_verb_dry_run_lists_cells(tmp_path):
@@ -172,6 +174,12 @@ def test_matrix_verb_dry_run_lists_cells(tmp_path):
                           "--streams", "joint,bone", "--root", str(tmp_path), "--dry-run"], cwd=REPO,
                          capture_output=True, text=True, check=True).stdout
     assert out.count("pending") == 4 and "ucla/hcn/bone/csre/seed1" in out
+    grid = subprocess.run([sys.executable, "-m", "harness", "matrix", "ucla", "--profile", "ci", "--encoders", "hcn",
+                           "--streams", "joint", "--root", str(tmp_path), "--dry-run", "--tau-grid"], cwd=REPO,
+                          capture_output=True, text=True, check=True).stdout
+    assert out.count("pending") == 4 and [line.split()[1] for line in grid.splitlines()[1:]] == [
+        "ucla/hcn/joint/base/seed1", "ucla/hcn/joint/csre/seed1", "ucla/hcn/joint/csre-tau0.5/seed1",
+        "ucla/hcn/joint/csre-tau1.0/seed1"]
 
 
 def test_matrix_verb_shard_dry_run_lists_every_nth_cell(tmp_path):

@@ -313,6 +313,17 @@ def test_a_shortened_profiles_own_bindings_are_not_another_setting(tmp_path):
     assert paper.read_setting(same, True)[0] == "K_hard=256, K_pos=64, K_rand=256"  # paper runs: a real setting
 
 
+def test_default_setting_is_gin_csre_gin():
+    """The checker's default CSRE setting (what an unbound CSRE argument means in a run's config.gin,
+    and the tau the matrix's temperature grid keeps) is the one gin/csre.gin binds."""
+    from gin import config, config_parser
+    text = (REPO / "gin" / "csre.gin").read_text()
+    bound = {s.arg_name: s.value for s in config_parser.ConfigParser(text, config.ParserDelegate(skip_unknown=True))
+             if isinstance(s, config_parser.BindingStatement) and s.selector == "models.CSRE"}
+    assert set(paper.DEFAULT_SETTING) <= set(bound)
+    assert {k: bound[k] for k in paper.DEFAULT_SETTING} == {k: v for k, v in paper.DEFAULT_SETTING.items()}
+
+
 def test_csre_settings_from_config_gin(tmp_path):
     assert paper.read_setting(tmp_path, False) == (None, "baseline")
     assert paper.read_setting(tmp_path, True)[0] == "default"
@@ -447,6 +458,8 @@ def test_paper_protocol_ensembles_tune_best_epoch_scores_on_test(tmp_path):
     best = [load_scores(d / "scores_test_best.npz") for d in dirs]
     t = tune_weights(np.stack([b.logits for b in best]), best[0].labels, n_calls=10)
     assert ws["paper"]["weights"] == list(t.weights) and ws["paper"]["test"]["top1"] == pytest.approx(100 * t.top1)
+    from harness.ensemble import format_markdown as ensemble_markdown
+    assert "best test epochs joint 9, bone 9 (0-based), tuned on the test set itself" in ensemble_markdown(report)
     e = entry(paper.check(dirs, ensembles=report), "table2_ntu120", "CTR-GCN", "xset_2S")
     assert e["ours"]["mean"] == pytest.approx(ws["paper"]["test"]["top1"])
     assert e["protocols"]["honest"]["mean"] == pytest.approx(ws["published"]["test"]["top1"])
