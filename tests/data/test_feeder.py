@@ -152,7 +152,8 @@ def test_ntu_test_mode_matches_official(fixture, fixture_h5):
             x, label, idx = ds[i]
             assert idx == i and ds.sample_names[i] == name
             assert x.dtype == np.float32 and x.shape == ref[name].shape == (3, 64, 25, 2)
-            assert_scaled_close(x, ref[name], 1e-6, f"{fixture} {name}")  # README: 1e-6; scaled, as the file may come from another CPU
+            # README: 1e-6, scaled by the array, as the file may come from another CPU
+            assert_scaled_close(x, ref[name], 1e-6, f"{fixture} {name}")
 
 
 @pytest.mark.reference
@@ -188,7 +189,8 @@ def test_ucla_test_mode_matches_official(fixture, ucla_h5):
             assert x.dtype == np.float32 and x.shape == ref[name].shape == (3, 52, 20, 1)
             if name in labels:
                 assert label == labels[name]
-            assert_scaled_close(x, ref[name], 1e-6, f"{fixture} {name}")  # README: 1e-6; scaled, as the file may come from another CPU
+            # README: 1e-6, scaled by the array, as the file may come from another CPU
+            assert_scaled_close(x, ref[name], 1e-6, f"{fixture} {name}")
 
 
 # ---------------------------------------------------------------------------------- train mode
